@@ -1,1 +1,85 @@
-//! placeholder
+//! Optimal (minimum achievable) diffusion loss of a dataset, per noise level.
+//!
+//! In VE/x0 coordinates (x̂ = x0 + σ̂ε, see `lossfloor-core`) the best possible denoiser is the
+//! posterior mean E[x0 | x̂], and the loss it leaves is (Theorem 1 of arXiv 2506.13763)
+//!
+//!   J*(σ̂) = E_x̂ tr Cov[x0 | x̂] = A − B(σ̂),  A = E‖x0‖²,  B(σ̂) = E_x̂ ‖E[x0 | x̂]‖².
+//!
+//! On a dataset the posterior is a softmax over the rows. The estimators here differ in which
+//! rows enter that softmax ([`Method`]); all report J* per dimension (mean over dimensions,
+//! like EDM's `Loss/loss`) with a Monte-Carlo standard error. See `docs/optimal-loss.md`.
+
+mod curve;
+mod draws;
+mod error;
+mod exact;
+mod gaussian;
+mod kernel;
+mod matmul;
+mod method;
+mod softmax;
+mod source;
+mod stats;
+mod subset;
+
+pub use curve::{write_atomic, Curve, CurveError, CurvePoint, DatasetInfo};
+pub use error::EstimateError;
+pub use exact::{estimate_exact, exact_query};
+pub use gaussian::{covariance_eigenvalues, gaussian_optimal_loss};
+pub use kernel::{posterior_moments, QueryTile, SourceTerm};
+pub use method::{default_c, default_subset, EstimateParams, Method};
+pub use source::{per_dim_variance, row_mean, DenseRows, RowSource};
+pub use stats::{mean_stderr, MeanStderr};
+pub use subset::{estimate_subset, SubsetRule};
+
+/// Estimates J*(σ̂) at each σ̂ of `sigmas` with the chosen method and returns the curve.
+///
+/// `progress` is called with the number of queries just finished (for progress bars); the
+/// total is `params.queries × 1` (all σ̂ share each query), or 1 step for `gaussian`.
+pub fn estimate(data: &dyn RowSource, dataset_spec: &str, sigmas: &[f64], params: &EstimateParams, progress: &(dyn Fn(usize) + Sync)) -> Result<Curve, EstimateError> {
+    let n = data.num_rows();
+    let (subset, c) = params.resolve(n, sigmas)?;
+    let mut sorted = sigmas.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.dedup();
+    let mut meta = serde_json::Map::new();
+    let stats: Vec<MeanStderr> = match params.method {
+        Method::Exact => {
+            meta.insert("queries".into(), params.queries.into());
+            meta.insert("seed".into(), params.seed.into());
+            estimate_exact(data, &sorted, params.queries, params.seed, progress)
+        }
+        Method::Dol | Method::Cdol | Method::Snis => {
+            let l = subset.expect("resolved");
+            let rule = match params.method {
+                Method::Dol => SubsetRule::Dol,
+                Method::Cdol => SubsetRule::Cdol { c: c.expect("resolved") },
+                _ => SubsetRule::Snis,
+            };
+            meta.insert("queries".into(), params.queries.into());
+            meta.insert("subset".into(), l.into());
+            if let Some(c) = c {
+                meta.insert("c".into(), serde_json::Value::from(c));
+            }
+            meta.insert("seed".into(), params.seed.into());
+            estimate_subset(data, &sorted, params.queries, l, rule, params.seed, progress)
+        }
+        Method::Gaussian => {
+            let eig = covariance_eigenvalues(data).map_err(EstimateError::Eigen)?;
+            progress(1);
+            sorted.iter().map(|&s| MeanStderr { mean: gaussian_optimal_loss(&eig, s), stderr: 0.0, count: 0 }).collect()
+        }
+    };
+    let points = sorted
+        .iter()
+        .zip(&stats)
+        .map(|(&sigma, s)| CurvePoint { sigma, loss: s.mean, stderr: s.stderr, queries: s.count })
+        .collect();
+    Ok(Curve {
+        dataset: DatasetInfo { spec: dataset_spec.to_string(), n, dim: data.row_dim() },
+        method: params.method.name().to_string(),
+        params: meta,
+        data_variance: Some(per_dim_variance(data)),
+        points,
+    })
+}
