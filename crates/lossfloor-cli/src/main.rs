@@ -1,1 +1,49 @@
-fn main() {}
+//! `lossfloor`: diffusion training against the optimal loss.
+
+mod curve_cmd;
+mod data_rows;
+mod estimate;
+mod plot;
+mod sigmas;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lossfloor — diffusion models measured against their optimal loss.
+///
+/// The training loss of a diffusion model never reaches zero: its floor J*(σ), the optimal
+/// loss, is set by the data alone. lossfloor computes that floor per noise level and (in
+/// later commands) trains, samples and evaluates models against it.
+#[derive(Parser)]
+#[command(name = "lossfloor", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Estimate(estimate::EstimateArgs),
+    Curve(curve_cmd::CurveArgs),
+    Plot(curve_cmd::PlotArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Estimate(args) => estimate::run(args),
+        Command::Curve(args) => curve_cmd::run_curve(args),
+        Command::Plot(args) => curve_cmd::run_plot(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -120,14 +120,6 @@ impl Curve {
             .collect()
     }
 
-    /// Total optimal loss of a training recipe, J* = E_{p(σ̂)}[w(σ̂)·J*(σ̂)], with `expectation`
-    /// computing E_p[f] under the recipe's noise distribution and `weight` its loss weight on
-    /// ‖D − x0‖² (per dimension, like the curve).
-    pub fn total(&self, expectation: impl FnOnce(&dyn Fn(f64) -> f64) -> f64, weight: impl Fn(f64) -> f64) -> f64 {
-        let f = |s: f64| weight(s) * self.loss_at(s);
-        expectation(&f)
-    }
-
     /// Writes the curve as pretty JSON to `path` atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;

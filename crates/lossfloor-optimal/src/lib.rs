@@ -15,7 +15,7 @@ mod error;
 mod exact;
 mod gaussian;
 mod kernel;
-mod matmul;
+pub mod matmul;
 mod method;
 mod softmax;
 mod source;

@@ -1,0 +1,163 @@
+//! `lossfloor estimate`: the optimal-loss curve J*(σ) of a dataset.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_data::{load, DataSpec};
+use lossfloor_optimal::{estimate, write_atomic, EstimateParams, Method};
+
+use crate::data_rows::DataRows;
+use crate::plot::{check_font, plot_curves};
+use crate::sigmas::parse_sigmas;
+
+/// Estimate the optimal loss J*(σ) of a dataset, per noise level, with error bars.
+///
+/// J*(σ) is the minimum achievable per-dimension x0 loss E‖D(x0 + σε; σ) − x0‖²/D of any
+/// denoiser at noise level σ (VE / x0 coordinates, σ = EDM's σ). It is ≈0 below a critical
+/// σ* and saturates at the data variance. Methods: `exact` (full dataset, the reference),
+/// `cdol` (subset with corrected self-weight: fast, small bias), `dol`, `snis` (biased
+/// baselines) and `gaussian` (closed form of a Gaussian with the data covariance).
+///
+/// Example: lossfloor estimate --data fashion-mnist --sigmas logspace:0.002:80:32 --method exact --queries 4096 --out curve.json --plot curve.png
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+pub struct EstimateArgs {
+    /// Dataset: cifar10:DIR | edm:ZIP_OR_DIR | imagenet64:DIR | idx:FILE | npy:FILE | fashion-mnist[:test]
+    #[arg(long, value_name = "SPEC")]
+    data: String,
+    /// Noise levels: a list (0.01,0.1,1) or logspace:MIN:MAX:K
+    #[arg(long, value_name = "LIST", default_value = "logspace:0.002:80:32", allow_hyphen_values = true)]
+    sigmas: String,
+    /// Estimator: exact | dol | cdol | snis | gaussian
+    #[arg(long, default_value = "exact")]
+    method: String,
+    /// Monte-Carlo queries M per σ (every σ reuses the same M sources and unit noises)
+    #[arg(long, value_name = "M", default_value_t = 4096)]
+    queries: usize,
+    /// Subset size L for dol / cdol / snis (default: min(2048, N−1))
+    #[arg(long, value_name = "L")]
+    subset: Option<usize>,
+    /// cDOL's correction C ≥ 1: the source's kernel weight is divided by C (default 4N/L; inf = SNIS)
+    #[arg(long, value_name = "C")]
+    c: Option<f64>,
+    /// Random seed: the result depends only on it, not on the thread count
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Worker threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Add horizontally flipped copies of every image (estimate the floor of x-flip training)
+    #[arg(long)]
+    xflip: bool,
+    /// Use only the first N images of the dataset
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Output curve file (JSON)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the curve as CSV (sigma,loss,stderr,queries)
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Also draw the curve (PNG, log-σ axis, 95% error bars)
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+/// Fails early (before any long computation) if an output cannot be written there.
+pub fn check_output_path(path: &Path, what: &str) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    if !dir.is_dir() {
+        bail!("{what} {}: the folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("{what} {}: is a folder, expected a file path", path.display());
+    }
+    Ok(())
+}
+
+pub fn run(args: EstimateArgs) -> Result<()> {
+    let method: Method = args.method.parse()?;
+    let sigmas = parse_sigmas(&args.sigmas)?;
+    check_output_path(&args.out, "--out")?;
+    if let Some(p) = &args.csv {
+        check_output_path(p, "--csv")?;
+    }
+    if let Some(p) = &args.plot {
+        check_output_path(p, "--plot")?;
+        check_font()?;
+    }
+    if let Some(t) = args.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("cannot start the worker threads")?;
+    }
+    if args.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+
+    let spec: DataSpec = args.data.parse()?;
+    let t0 = Instant::now();
+    let mut data = load(&spec)?;
+    if let Some(n) = args.limit {
+        data = data.take_first(n);
+    }
+    data = data.with_xflip(args.xflip);
+    eprintln!(
+        "loaded {} ({} images of {}, {} rows) in {:.1}s",
+        spec,
+        data.base_len(),
+        data.shape(),
+        data.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let params = EstimateParams { method, queries: args.queries, subset: args.subset, c: args.c, seed: args.seed };
+    params.resolve(data.len(), &sigmas)?;
+    let total = if method == Method::Gaussian { 1 } else { args.queries as u64 };
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} queries, {elapsed_precise} elapsed, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{method} × {} σ", sigmas.len()));
+    let t1 = Instant::now();
+    let mut label = spec.to_string();
+    if args.xflip {
+        label.push_str(" +xflip");
+    }
+    if let Some(n) = args.limit {
+        label.push_str(&format!(" (first {n})"));
+    }
+    let curve = estimate(&DataRows(&data), &label, &sigmas, &params, &|k| bar.inc(k as u64))?;
+    bar.finish_and_clear();
+    eprintln!("estimated {} points in {:.1}s", curve.points.len(), t1.elapsed().as_secs_f64());
+
+    curve.save(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    if let Some(p) = &args.csv {
+        write_atomic(p, curve.to_csv().as_bytes()).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        plot_curves(&[&curve], p)?;
+    }
+    print_table(&curve);
+    Ok(())
+}
+
+/// Prints the curve as a table, with σ* and the data variance.
+pub fn print_table(curve: &lossfloor_optimal::Curve) {
+    println!("{:>12} {:>14} {:>12} {:>8}", "sigma", "J*(sigma)", "stderr", "queries");
+    for p in &curve.points {
+        println!("{:>12.5} {:>14.6e} {:>12.3e} {:>8}", p.sigma, p.loss, p.stderr, p.queries);
+    }
+    if let Some(v) = curve.data_variance {
+        println!("data variance per dimension (J* as σ → ∞): {v:.6}");
+    }
+    match curve.sigma_star(0.01) {
+        Some(s) => println!("σ* (largest σ with J* ≤ 1% of the data variance): {s:.4}"),
+        None => println!("σ*: below the smallest σ of the grid"),
+    }
+}
