@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn lossfloor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossfloor")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_lossfloor"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -14,11 +17,17 @@ fn stderr(o: &Output) -> String {
 /// Asserts a failed run: non-zero exit, the message fragments on stderr, no panic, no output.
 fn assert_fails(o: &Output, fragments: &[&str], outputs: &[&Path]) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     for f in fragments {
         assert!(err.contains(f), "stderr lacks {f:?}: {err}");
     }
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
     for p in outputs {
         assert!(!p.exists(), "{} was written by a failed run", p.display());
     }
@@ -42,7 +51,9 @@ fn write_npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
 
 fn small_npy(dir: &Path) -> PathBuf {
     let p = dir.join("small.npy");
-    let values: Vec<f32> = (0..40 * 3).map(|i| ((i * 37 % 23) as f32 / 23.0) - 0.5).collect();
+    let values: Vec<f32> = (0..40 * 3)
+        .map(|i| ((i * 37 % 23) as f32 / 23.0) - 0.5)
+        .collect();
     write_npy_f32(&p, 40, 3, &values);
     p
 }
@@ -60,19 +71,61 @@ fn bad_input_gives_clear_errors_and_no_output() {
         a.extend_from_slice(extra);
         lossfloor(&a)
     };
-    assert_fails(&run(&["--data", "npy:/nonexistent/x.npy"]), &["/nonexistent/x.npy"], &[&out]);
-    assert_fails(&run(&["--data", "cifar10:/nonexistent"]), &["/nonexistent"], &[&out]);
+    assert_fails(
+        &run(&["--data", "npy:/nonexistent/x.npy"]),
+        &["/nonexistent/x.npy"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", "cifar10:/nonexistent"]),
+        &["/nonexistent"],
+        &[&out],
+    );
     assert_fails(&run(&["--data", "bogus:1"]), &["bogus"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--sigmas", "0,1"]), &["σ = 0"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--sigmas", "-2"]), &["> 0"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--queries", "0"]), &["--queries"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--method", "magic"]), &["unknown method 'magic'"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--method", "dol", "--subset", "41"]), &["2 ≤ L ≤ 40"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--method", "snis", "--subset", "1"]), &["at least 2"], &[&out]);
-    assert_fails(&run(&["--data", &data, "--method", "cdol", "--c", "0.5"]), &["C ≥ 1"], &[&out]);
+    assert_fails(
+        &run(&["--data", &data, "--sigmas", "0,1"]),
+        &["σ = 0"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--sigmas", "-2"]),
+        &["> 0"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--queries", "0"]),
+        &["--queries"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--method", "magic"]),
+        &["unknown method 'magic'"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--method", "dol", "--subset", "41"]),
+        &["2 ≤ L ≤ 40"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--method", "snis", "--subset", "1"]),
+        &["at least 2"],
+        &[&out],
+    );
+    assert_fails(
+        &run(&["--data", &data, "--method", "cdol", "--c", "0.5"]),
+        &["C ≥ 1"],
+        &[&out],
+    );
     let missing_dir = dir.path().join("no/such/dir/c.json");
     assert_fails(
-        &lossfloor(&["estimate", "--data", &data, "--out", missing_dir.to_str().unwrap()]),
+        &lossfloor(&[
+            "estimate",
+            "--data",
+            &data,
+            "--out",
+            missing_dir.to_str().unwrap(),
+        ]),
         &["does not exist"],
         &[&missing_dir],
     );
@@ -80,15 +133,34 @@ fn bad_input_gives_clear_errors_and_no_output() {
     // Non-finite values and truncated files are rejected with the file named.
     let nan = dir.path().join("nan.npy");
     write_npy_f32(&nan, 2, 2, &[0.0, f32::NAN, 1.0, 2.0]);
-    assert_fails(&run(&["--data", &format!("npy:{}", nan.display())]), &["nan.npy"], &[&out]);
+    assert_fails(
+        &run(&["--data", &format!("npy:{}", nan.display())]),
+        &["nan.npy"],
+        &[&out],
+    );
     let truncated = dir.path().join("trunc.npy");
     let bytes = std::fs::read(&npy).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() - 7]).unwrap();
-    assert_fails(&run(&["--data", &format!("npy:{}", truncated.display())]), &["trunc.npy"], &[&out]);
+    assert_fails(
+        &run(&["--data", &format!("npy:{}", truncated.display())]),
+        &["trunc.npy"],
+        &[&out],
+    );
 
     // A good run writes the curve, the CSV and the plot.
     let csv = dir.path().join("curve.csv");
-    let ok = run(&["--data", &data, "--sigmas", "0.01,0.3,3", "--queries", "64", "--csv", csv.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
+    let ok = run(&[
+        "--data",
+        &data,
+        "--sigmas",
+        "0.01,0.3,3",
+        "--queries",
+        "64",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     let curve: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(curve["dataset"]["n"], 40);
@@ -105,19 +177,36 @@ fn bad_input_gives_clear_errors_and_no_output() {
     assert!(text.contains("edm") && text.contains("fm"), "{text}");
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{").unwrap();
-    assert_fails(&lossfloor(&["curve", broken.to_str().unwrap()]), &["broken.json"], &[]);
+    assert_fails(
+        &lossfloor(&["curve", broken.to_str().unwrap()]),
+        &["broken.json"],
+        &[],
+    );
 }
 
 #[test]
 fn fashion_mnist_curve_has_the_expected_shape() {
     if !Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
-        eprintln!("skipped: Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)");
+        eprintln!(
+            "skipped: Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let read = |name: &str, method: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut a = vec!["estimate", "--data", "fashion-mnist", "--sigmas", "0.01,0.3,3,10,80", "--method", method, "--queries", "384", "--out"];
+        let mut a = vec![
+            "estimate",
+            "--data",
+            "fashion-mnist",
+            "--sigmas",
+            "0.01,0.3,3,10,80",
+            "--method",
+            method,
+            "--queries",
+            "384",
+            "--out",
+        ];
         a.push(out.to_str().unwrap());
         a.extend_from_slice(extra);
         let o = lossfloor(&a);
@@ -129,7 +218,12 @@ fn fashion_mnist_curve_has_the_expected_shape() {
     assert_eq!(exact["dataset"]["n"], 60000);
     assert_eq!(exact["dataset"]["dim"], 784);
     let var = exact["data_variance"].as_f64().unwrap();
-    let pts: Vec<(f64, f64)> = exact["points"].as_array().unwrap().iter().map(|p| (p["loss"].as_f64().unwrap(), p["stderr"].as_f64().unwrap())).collect();
+    let pts: Vec<(f64, f64)> = exact["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["loss"].as_f64().unwrap(), p["stderr"].as_f64().unwrap()))
+        .collect();
     // Below σ* the posterior sits on the source image: J* vanishes.
     assert!(pts[0].0.abs() < 1e-6 && pts[1].0.abs() < 1e-6, "{pts:?}");
     // It increases with σ and, at σ = 80 ≫ the data scale, nearly reaches the data variance
@@ -137,11 +231,19 @@ fn fashion_mnist_curve_has_the_expected_shape() {
     for w in pts.windows(2) {
         assert!(w[1].0 > w[0].0 - 3.0 * (w[0].1 + w[1].1), "{pts:?}");
     }
-    assert!((pts[4].0 - var).abs() < 0.02 * var, "J*(80) = {} vs variance {var}", pts[4].0);
+    assert!(
+        (pts[4].0 - var).abs() < 0.02 * var,
+        "J*(80) = {} vs variance {var}",
+        pts[4].0
+    );
     // cDOL (C = 4N/L) with L = 2048 agrees with the exact curve within a few error bars
     // plus its small bias (≤ 5% here) at σ = 3, the hard regime just above σ*.
     let cdol = read("cdol.json", "cdol", &["--subset", "2048"]);
     let c = &cdol["points"][2];
     let (cv, ce) = (c["loss"].as_f64().unwrap(), c["stderr"].as_f64().unwrap());
-    assert!((cv - pts[2].0).abs() < 4.0 * (ce + pts[2].1) + 0.05 * pts[2].0, "cdol {cv} ± {ce} vs exact {:?}", pts[2]);
+    assert!(
+        (cv - pts[2].0).abs() < 4.0 * (ce + pts[2].1) + 0.05 * pts[2].0,
+        "cdol {cv} ± {ce} vs exact {:?}",
+        pts[2]
+    );
 }

@@ -43,12 +43,21 @@ pub struct PlotArgs {
 
 pub fn run_curve(args: CurveArgs) -> Result<()> {
     let curve = Curve::load(&args.curve)?;
-    let target: Target = args.target.parse().with_context(|| "--target: expected x0, eps, v, velocity, f or edm_f:SIGMA_DATA")?;
+    let target: Target = args
+        .target
+        .parse()
+        .with_context(|| "--target: expected x0, eps, v, velocity, f or edm_f:SIGMA_DATA")?;
     if let Some(p) = &args.csv {
         check_output_path(p, "--csv")?;
     }
-    println!("{} · {} · N = {}, D = {}", curve.dataset.spec, curve.method, curve.dataset.n, curve.dataset.dim);
-    let converted = Curve { points: curve.converted(|s| x0_loss_ratio(&target, s)), ..curve.clone() };
+    println!(
+        "{} · {} · N = {}, D = {}",
+        curve.dataset.spec, curve.method, curve.dataset.n, curve.dataset.dim
+    );
+    let converted = Curve {
+        points: curve.converted(|s| x0_loss_ratio(&target, s)),
+        ..curve.clone()
+    };
     if target != Target::X0 {
         println!("loss unit: {target} (x0 floor × its ratio)");
     }
@@ -62,7 +71,8 @@ pub fn run_curve(args: CurveArgs) -> Result<()> {
     }
     println!("(outside the curve's σ range: J* ∝ σ² below it, constant above it)");
     if let Some(p) = &args.csv {
-        write_atomic(p, converted.to_csv().as_bytes()).with_context(|| format!("cannot write {}", p.display()))?;
+        write_atomic(p, converted.to_csv().as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
 }
@@ -70,7 +80,11 @@ pub fn run_curve(args: CurveArgs) -> Result<()> {
 pub fn run_plot(args: PlotArgs) -> Result<()> {
     check_output_path(&args.out, "--out")?;
     check_font()?;
-    let curves = args.curves.iter().map(|p| Curve::load(p)).collect::<Result<Vec<_>, _>>()?;
+    let curves = args
+        .curves
+        .iter()
+        .map(|p| Curve::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&Curve> = curves.iter().collect();
     plot_curves(&refs, &args.out)
 }

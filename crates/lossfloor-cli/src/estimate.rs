@@ -29,7 +29,12 @@ pub struct EstimateArgs {
     #[arg(long, value_name = "SPEC")]
     data: String,
     /// Noise levels: a list (0.01,0.1,1) or logspace:MIN:MAX:K
-    #[arg(long, value_name = "LIST", default_value = "logspace:0.002:80:32", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "logspace:0.002:80:32",
+        allow_hyphen_values = true
+    )]
     sigmas: String,
     /// Estimator: exact | dol | cdol | snis | gaussian
     #[arg(long, default_value = "exact")]
@@ -68,12 +73,22 @@ pub struct EstimateArgs {
 
 /// Fails early (before any long computation) if an output cannot be written there.
 pub fn check_output_path(path: &Path, what: &str) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
     if !dir.is_dir() {
-        bail!("{what} {}: the folder {} does not exist", path.display(), dir.display());
+        bail!(
+            "{what} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
     }
     if path.is_dir() {
-        bail!("{what} {}: is a folder, expected a file path", path.display());
+        bail!(
+            "{what} {}: is a folder, expected a file path",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -93,7 +108,10 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         if t == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("cannot start the worker threads")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("cannot start the worker threads")?;
     }
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
@@ -115,13 +133,25 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    let params = EstimateParams { method, queries: args.queries, subset: args.subset, c: args.c, seed: args.seed };
+    let params = EstimateParams {
+        method,
+        queries: args.queries,
+        subset: args.subset,
+        c: args.c,
+        seed: args.seed,
+    };
     params.resolve(data.len(), &sigmas)?;
-    let total = if method == Method::Gaussian { 1 } else { args.queries as u64 };
+    let total = if method == Method::Gaussian {
+        1
+    } else {
+        args.queries as u64
+    };
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} queries, {elapsed_precise} elapsed, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} queries, {elapsed_precise} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(format!("{method} × {} σ", sigmas.len()));
     let t1 = Instant::now();
@@ -132,13 +162,22 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     if let Some(n) = args.limit {
         label.push_str(&format!(" (first {n})"));
     }
-    let curve = estimate(&DataRows(&data), &label, &sigmas, &params, &|k| bar.inc(k as u64))?;
+    let curve = estimate(&DataRows(&data), &label, &sigmas, &params, &|k| {
+        bar.inc(k as u64)
+    })?;
     bar.finish_and_clear();
-    eprintln!("estimated {} points in {:.1}s", curve.points.len(), t1.elapsed().as_secs_f64());
+    eprintln!(
+        "estimated {} points in {:.1}s",
+        curve.points.len(),
+        t1.elapsed().as_secs_f64()
+    );
 
-    curve.save(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    curve
+        .save(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
     if let Some(p) = &args.csv {
-        write_atomic(p, curve.to_csv().as_bytes()).with_context(|| format!("cannot write {}", p.display()))?;
+        write_atomic(p, curve.to_csv().as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &args.plot {
         plot_curves(&[&curve], p)?;
@@ -149,9 +188,15 @@ pub fn run(args: EstimateArgs) -> Result<()> {
 
 /// Prints the curve as a table, with σ* and the data variance.
 pub fn print_table(curve: &lossfloor_optimal::Curve) {
-    println!("{:>12} {:>14} {:>12} {:>8}", "sigma", "J*(sigma)", "stderr", "queries");
+    println!(
+        "{:>12} {:>14} {:>12} {:>8}",
+        "sigma", "J*(sigma)", "stderr", "queries"
+    );
     for p in &curve.points {
-        println!("{:>12.5} {:>14.6e} {:>12.3e} {:>8}", p.sigma, p.loss, p.stderr, p.queries);
+        println!(
+            "{:>12.5} {:>14.6e} {:>12.3e} {:>8}",
+            p.sigma, p.loss, p.stderr, p.queries
+        );
     }
     if let Some(v) = curve.data_variance {
         println!("data variance per dimension (J* as σ → ∞): {v:.6}");

@@ -16,7 +16,13 @@ use clap::{Parser, Subcommand};
 /// loss, is set by the data alone. lossfloor computes that floor per noise level and (in
 /// later commands) trains, samples and evaluates models against it.
 #[derive(Parser)]
-#[command(name = "lossfloor", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "lossfloor",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -41,36 +41,63 @@ pub fn check_font() -> Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 
 /// Draws the curves into a PNG at `out` (written atomically).
 pub fn plot_curves(curves: &[&Curve], out: &Path) -> Result<()> {
     check_font()?;
     let (w, h) = (960u32, 640u32);
     let mut pixels = vec![0u8; (w * h * 3) as usize];
-    draw(curves, &mut pixels, (w, h)).map_err(|e| anyhow!("drawing {} failed: {e}", out.display()))?;
+    draw(curves, &mut pixels, (w, h))
+        .map_err(|e| anyhow!("drawing {} failed: {e}", out.display()))?;
     let img = image::RgbImage::from_raw(w, h, pixels).context("plot buffer has the wrong size")?;
     let mut png = Vec::new();
-    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).context("PNG encoding failed")?;
+    img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .context("PNG encoding failed")?;
     write_atomic(out, &png).with_context(|| format!("cannot write {}", out.display()))
 }
 
-fn draw(curves: &[&Curve], pixels: &mut [u8], size: (u32, u32)) -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn draw(
+    curves: &[&Curve],
+    pixels: &mut [u8],
+    size: (u32, u32),
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     if curves.is_empty() {
         return Err("no curves to draw".into());
     }
     let root = BitMapBackend::with_buffer(pixels, size).into_drawing_area();
     root.fill(&WHITE)?;
-    let s_min = curves.iter().flat_map(|c| c.points.iter().map(|p| p.sigma)).fold(f64::INFINITY, f64::min);
-    let s_max = curves.iter().flat_map(|c| c.points.iter().map(|p| p.sigma)).fold(0.0, f64::max);
+    let s_min = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.sigma))
+        .fold(f64::INFINITY, f64::min);
+    let s_max = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.sigma))
+        .fold(0.0, f64::max);
     let y_max = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.loss + 1.96 * p.stderr.max(0.0)).chain(c.data_variance))
+        .flat_map(|c| {
+            c.points
+                .iter()
+                .map(|p| p.loss + 1.96 * p.stderr.max(0.0))
+                .chain(c.data_variance)
+        })
         .fold(0.0f64, f64::max)
         .max(1e-12)
         * 1.08;
     let title = if curves.len() == 1 {
-        format!("Optimal loss J*(σ) · {} · {}", curves[0].dataset.spec, curves[0].method)
+        format!(
+            "Optimal loss J*(σ) · {} · {}",
+            curves[0].dataset.spec, curves[0].method
+        )
     } else {
         format!("Optimal loss J*(σ) · {}", curves[0].dataset.spec)
     };
@@ -90,33 +117,68 @@ fn draw(curves: &[&Curve], pixels: &mut [u8], size: (u32, u32)) -> std::result::
     for (i, curve) in curves.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let label = match curve.params.get("queries") {
-            Some(q) => format!("{} (M = {q}{})", curve.method, curve.params.get("subset").map(|l| format!(", L = {l}")).unwrap_or_default()),
+            Some(q) => format!(
+                "{} (M = {q}{})",
+                curve.method,
+                curve
+                    .params
+                    .get("subset")
+                    .map(|l| format!(", L = {l}"))
+                    .unwrap_or_default()
+            ),
             None => curve.method.clone(),
         };
         chart
-            .draw_series(LineSeries::new(curve.points.iter().map(|p| (p.sigma, p.loss)), colour.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                curve.points.iter().map(|p| (p.sigma, p.loss)),
+                colour.stroke_width(2),
+            ))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
-        chart.draw_series(curve.points.iter().map(|p| Circle::new((p.sigma, p.loss), 3, colour.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+        chart.draw_series(
+            curve
+                .points
+                .iter()
+                .map(|p| Circle::new((p.sigma, p.loss), 3, colour.filled())),
+        )?;
         // 95% error bars: ±1.96 standard errors.
         chart.draw_series(curve.points.iter().filter(|p| p.stderr > 0.0).map(|p| {
             let e = 1.96 * p.stderr;
-            PathElement::new(vec![(p.sigma, p.loss - e), (p.sigma, p.loss + e)], colour.stroke_width(1))
+            PathElement::new(
+                vec![(p.sigma, p.loss - e), (p.sigma, p.loss + e)],
+                colour.stroke_width(1),
+            )
         }))?;
     }
     if let Some(var) = curves[0].data_variance {
         let grey = RGBColor(120, 120, 120);
         chart
-            .draw_series(DashedLineSeries::new(vec![(s_min * 0.9, var), (s_max * 1.1, var)], 6, 4, grey.stroke_width(1)))?
+            .draw_series(DashedLineSeries::new(
+                vec![(s_min * 0.9, var), (s_max * 1.1, var)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))?
             .label(format!("data variance {var:.4}"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1))
+            });
     }
     if let Some(star) = curves[0].sigma_star(0.01) {
         let grey = RGBColor(160, 160, 160);
         chart
-            .draw_series(DashedLineSeries::new(vec![(star, 0.0), (star, y_max)], 3, 3, grey.stroke_width(1)))?
+            .draw_series(DashedLineSeries::new(
+                vec![(star, 0.0), (star, y_max)],
+                3,
+                3,
+                grey.stroke_width(1),
+            ))?
             .label(format!("σ* ≈ {star:.3} (J* ≤ 1% of variance)"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], grey.stroke_width(1))
+            });
     }
     chart
         .configure_series_labels()

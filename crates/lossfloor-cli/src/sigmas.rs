@@ -10,9 +10,15 @@ pub fn parse_sigmas(text: &str) -> Result<Vec<f64>> {
         if parts.len() != 3 {
             bail!("--sigmas '{text}': expected logspace:MIN:MAX:K, e.g. logspace:0.002:80:32");
         }
-        let min: f64 = parts[0].parse().with_context(|| format!("--sigmas '{text}': MIN '{}' is not a number", parts[0]))?;
-        let max: f64 = parts[1].parse().with_context(|| format!("--sigmas '{text}': MAX '{}' is not a number", parts[1]))?;
-        let k: usize = parts[2].parse().with_context(|| format!("--sigmas '{text}': K '{}' is not a whole number", parts[2]))?;
+        let min: f64 = parts[0]
+            .parse()
+            .with_context(|| format!("--sigmas '{text}': MIN '{}' is not a number", parts[0]))?;
+        let max: f64 = parts[1]
+            .parse()
+            .with_context(|| format!("--sigmas '{text}': MAX '{}' is not a number", parts[1]))?;
+        let k: usize = parts[2].parse().with_context(|| {
+            format!("--sigmas '{text}': K '{}' is not a whole number", parts[2])
+        })?;
         if !(min > 0.0 && max.is_finite() && max > min) {
             bail!("--sigmas '{text}': expected 0 < MIN < MAX");
         }
@@ -20,7 +26,9 @@ pub fn parse_sigmas(text: &str) -> Result<Vec<f64>> {
             bail!("--sigmas '{text}': expected K ≥ 2 points");
         }
         let (a, b) = (min.ln(), max.ln());
-        (0..k).map(|i| (a + (b - a) * i as f64 / (k - 1) as f64).exp()).collect()
+        (0..k)
+            .map(|i| (a + (b - a) * i as f64 / (k - 1) as f64).exp())
+            .collect()
     } else {
         text.split(',')
             .map(|s| s.trim().parse::<f64>().with_context(|| format!("--sigmas: '{s}' is not a number (expected a list like 0.1,0.5,2 or logspace:MIN:MAX:K)")))
@@ -43,10 +51,16 @@ mod tests {
         for (a, b) in g.iter().zip([0.01, 0.1, 1.0, 10.0, 100.0]) {
             assert!((a - b).abs() < 1e-12 * b);
         }
-        assert!(parse_sigmas("0,1").unwrap_err().to_string().contains("σ = 0"));
+        assert!(parse_sigmas("0,1")
+            .unwrap_err()
+            .to_string()
+            .contains("σ = 0"));
         assert!(parse_sigmas("-1").unwrap_err().to_string().contains("> 0"));
         assert!(parse_sigmas("logspace:1:0.1:4").is_err());
         assert!(parse_sigmas("logspace:0.1:1").is_err());
-        assert!(parse_sigmas("a,b").unwrap_err().to_string().contains("'a' is not a number"));
+        assert!(parse_sigmas("a,b")
+            .unwrap_err()
+            .to_string()
+            .contains("'a' is not a number"));
     }
 }

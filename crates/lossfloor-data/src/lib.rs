@@ -166,7 +166,7 @@ impl Dataset {
             }
         };
         let total = storage.len();
-        if total % dim != 0 {
+        if !total.is_multiple_of(dim) {
             return Err(invalid(format!(
                 "{total} pixel values is not a multiple of the image size {shape} = {dim}"
             )));

@@ -46,9 +46,15 @@ pub struct Curve {
 #[derive(Debug, thiserror::Error)]
 pub enum CurveError {
     #[error("{path}: cannot read the curve file: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: not a lossfloor curve file (expected JSON with dataset, method, params, points): {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("{path}: {what}")]
     Invalid { path: String, what: String },
 }
@@ -57,9 +63,17 @@ impl Curve {
     /// Reads and checks a curve file: at least one point, σ̂ > 0 strictly increasing, finite losses.
     pub fn load(path: &Path) -> Result<Curve, CurveError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CurveError::Io { path: p.clone(), source })?;
-        let curve: Curve = serde_json::from_str(&text).map_err(|source| CurveError::Parse { path: p.clone(), source })?;
-        curve.check().map_err(|what| CurveError::Invalid { path: p, what })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CurveError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        let curve: Curve = serde_json::from_str(&text).map_err(|source| CurveError::Parse {
+            path: p.clone(),
+            source,
+        })?;
+        curve
+            .check()
+            .map_err(|what| CurveError::Invalid { path: p, what })?;
         Ok(curve)
     }
 
@@ -69,13 +83,20 @@ impl Curve {
         }
         for (i, pt) in self.points.iter().enumerate() {
             if !(pt.sigma.is_finite() && pt.sigma > 0.0) {
-                return Err(format!("points[{i}].sigma = {} is not a finite σ > 0", pt.sigma));
+                return Err(format!(
+                    "points[{i}].sigma = {} is not a finite σ > 0",
+                    pt.sigma
+                ));
             }
             if !pt.loss.is_finite() {
                 return Err(format!("points[{i}].loss = {} is not finite", pt.loss));
             }
             if i > 0 && pt.sigma <= self.points[i - 1].sigma {
-                return Err(format!("points[{i}].sigma = {} does not increase (previous {})", pt.sigma, self.points[i - 1].sigma));
+                return Err(format!(
+                    "points[{i}].sigma = {} does not increase (previous {})",
+                    pt.sigma,
+                    self.points[i - 1].sigma
+                ));
             }
         }
         Ok(())
@@ -104,8 +125,14 @@ impl Curve {
     /// the data variance if known, else the curve's largest value. `None` if even the first
     /// point exceeds it.
     pub fn sigma_star(&self, delta: f64) -> Option<f64> {
-        let top = self.data_variance.unwrap_or_else(|| self.points.iter().map(|p| p.loss).fold(f64::MIN, f64::max));
-        self.points.iter().take_while(|p| p.loss <= delta * top).last().map(|p| p.sigma)
+        let top = self
+            .data_variance
+            .unwrap_or_else(|| self.points.iter().map(|p| p.loss).fold(f64::MIN, f64::max));
+        self.points
+            .iter()
+            .take_while(|p| p.loss <= delta * top)
+            .last()
+            .map(|p| p.sigma)
     }
 
     /// The curve in another loss unit: each point's loss and stderr multiplied by `ratio(σ̂)`
@@ -115,7 +142,12 @@ impl Curve {
             .iter()
             .map(|p| {
                 let r = ratio(p.sigma);
-                CurvePoint { sigma: p.sigma, loss: p.loss * r, stderr: p.stderr * r, queries: p.queries }
+                CurvePoint {
+                    sigma: p.sigma,
+                    loss: p.loss * r,
+                    stderr: p.stderr * r,
+                    queries: p.queries,
+                }
             })
             .collect()
     }
@@ -130,7 +162,10 @@ impl Curve {
     pub fn to_csv(&self) -> String {
         let mut out = String::from("sigma,loss,stderr,queries\n");
         for p in &self.points {
-            out.push_str(&format!("{},{},{},{}\n", p.sigma, p.loss, p.stderr, p.queries));
+            out.push_str(&format!(
+                "{},{},{},{}\n",
+                p.sigma, p.loss, p.stderr, p.queries
+            ));
         }
         out
     }
@@ -140,9 +175,18 @@ impl Curve {
 /// write a temporary file beside it, fsync, then rename over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

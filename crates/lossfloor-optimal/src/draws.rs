@@ -29,7 +29,8 @@ fn mix(mut z: u64) -> u64 {
 
 /// The generator of item `index` (and `sub`) of `stream` under `seed`.
 pub fn rng_for(seed: u64, stream: Stream, index: u64, sub: u64) -> ChaCha8Rng {
-    let key = mix(mix(mix(seed ^ mix(stream as u64)) ^ index) ^ sub.wrapping_mul(0xA24B_AED4_963E_E407));
+    let key =
+        mix(mix(mix(seed ^ mix(stream as u64)) ^ index) ^ sub.wrapping_mul(0xA24B_AED4_963E_E407));
     ChaCha8Rng::seed_from_u64(key)
 }
 

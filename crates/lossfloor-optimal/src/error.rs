@@ -17,7 +17,12 @@ pub enum EstimateError {
     #[error("--subset {0} is too small: a subset needs at least 2 rows")]
     SubsetTooSmall(usize),
     #[error("--subset {l} is larger than {method} allows on a dataset of {n} rows: expected 2 ≤ L ≤ {max}")]
-    SubsetTooLarge { l: usize, n: usize, max: usize, method: Method },
+    SubsetTooLarge {
+        l: usize,
+        n: usize,
+        max: usize,
+        method: Method,
+    },
     #[error("--subset is only used by dol, cdol and snis, not by {0}")]
     SubsetNotUsed(Method),
     #[error("--c is only used by cdol, not by {0}")]

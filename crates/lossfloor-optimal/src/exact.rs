@@ -27,10 +27,22 @@ pub fn exact_query(seed: u64, m: usize, n: usize, noise: &mut [f32]) -> usize {
 ///
 /// Each term is the exact posterior variance given x̂_m. Its expectation equals the paper's
 /// Â − B̂ (Theorem 1), with less variance and never below 0. The posterior runs over all N rows.
-pub fn estimate_exact(data: &dyn RowSource, sigmas: &[f64], queries: usize, seed: u64, progress: &(dyn Fn(usize) + Sync)) -> Vec<MeanStderr> {
+pub fn estimate_exact(
+    data: &dyn RowSource,
+    sigmas: &[f64],
+    queries: usize,
+    seed: u64,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<MeanStderr> {
     let (n, d) = (data.num_rows(), data.row_dim());
-    let mean: Vec<f32> = crate::source::row_mean(data).iter().map(|&v| v as f32).collect();
-    let tiles: Vec<(usize, usize)> = (0..queries).step_by(QUERY_TILE).map(|s| (s, QUERY_TILE.min(queries - s))).collect();
+    let mean: Vec<f32> = crate::source::row_mean(data)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let tiles: Vec<(usize, usize)> = (0..queries)
+        .step_by(QUERY_TILE)
+        .map(|s| (s, QUERY_TILE.min(queries - s)))
+        .collect();
     let per_tile: Vec<Vec<f64>> = tiles
         .par_iter()
         .map(|&(start, t)| {
@@ -45,15 +57,28 @@ pub fn estimate_exact(data: &dyn RowSource, sigmas: &[f64], queries: usize, seed
                 }
             }
             let own = vec![None; t];
-            let tile = QueryTile { src: &src, noise: &noise, own_row: &own };
+            let tile = QueryTile {
+                src: &src,
+                noise: &noise,
+                own_row: &own,
+            };
             let moments = posterior_moments(&tile, data, Some(&mean), sigmas, SourceTerm::Plain);
             progress(t);
-            moments.second_moment.iter().zip(&moments.mean_sq_norm).map(|(s, m)| (s - m) / d as f64).collect()
+            moments
+                .second_moment
+                .iter()
+                .zip(&moments.mean_sq_norm)
+                .map(|(s, m)| (s - m) / d as f64)
+                .collect()
         })
         .collect();
     (0..sigmas.len())
         .map(|k| {
-            let values: Vec<f64> = tiles.iter().zip(&per_tile).flat_map(|(&(_, t), v)| v[k * t..(k + 1) * t].iter().copied()).collect();
+            let values: Vec<f64> = tiles
+                .iter()
+                .zip(&per_tile)
+                .flat_map(|(&(_, t), v)| v[k * t..(k + 1) * t].iter().copied())
+                .collect();
             mean_stderr(&values)
         })
         .collect()

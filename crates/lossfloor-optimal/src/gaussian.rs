@@ -20,9 +20,17 @@ pub fn covariance_eigenvalues(data: &dyn RowSource) -> Result<Vec<f64>, String> 
             chunk64.extend(row.iter().zip(&mean).map(|(&v, &m)| v as f64 - m));
         }
         let x = MatRef::from_row_major_slice(&chunk64, count, d);
-        matmul(cov.as_mut(), Accum::Add, x.transpose(), x, 1.0 / n as f64, Par::rayon(0));
+        matmul(
+            cov.as_mut(),
+            Accum::Add,
+            x.transpose(),
+            x,
+            1.0 / n as f64,
+            Par::rayon(0),
+        );
     }
-    cov.self_adjoint_eigenvalues(Side::Lower).map_err(|e| format!("eigendecomposition of the {d}×{d} covariance failed: {e:?}"))
+    cov.self_adjoint_eigenvalues(Side::Lower)
+        .map_err(|e| format!("eigendecomposition of the {d}×{d} covariance failed: {e:?}"))
 }
 
 /// J*(σ̂) per dimension of N(x̄, Σ) with Σ's eigenvalues λ_k:
@@ -33,5 +41,10 @@ pub fn covariance_eigenvalues(data: &dyn RowSource) -> Result<Vec<f64>, String> 
 pub fn gaussian_optimal_loss(eigenvalues: &[f64], sigma: f64) -> f64 {
     let s2 = sigma * sigma;
     let d = eigenvalues.len() as f64;
-    eigenvalues.iter().map(|&l| l.max(0.0)).map(|l| l * s2 / (l + s2)).sum::<f64>() / d
+    eigenvalues
+        .iter()
+        .map(|&l| l.max(0.0))
+        .map(|l| l * s2 / (l + s2))
+        .sum::<f64>()
+        / d
 }

@@ -58,7 +58,13 @@ pub struct TileMoments {
 pub const CHUNK_ROWS: usize = 512;
 
 /// Runs the kernel for one tile over all rows of `data` (centred by `center` if given).
-pub fn posterior_moments(tile: &QueryTile, data: &dyn RowSource, center: Option<&[f32]>, sigmas: &[f64], source: SourceTerm) -> TileMoments {
+pub fn posterior_moments(
+    tile: &QueryTile,
+    data: &dyn RowSource,
+    center: Option<&[f32]>,
+    sigmas: &[f64],
+    source: SourceTerm,
+) -> TileMoments {
     let d = data.row_dim();
     let t = tile.own_row.len();
     let k_count = sigmas.len();
@@ -95,12 +101,21 @@ pub fn posterior_moments(tile: &QueryTile, data: &dyn RowSource, center: Option<
             None => data.rows(start, count, &mut scratch),
         };
         sq.clear();
-        sq.extend(chunk.chunks_exact(d).map(|row| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32));
+        sq.extend(
+            chunk
+                .chunks_exact(d)
+                .map(|row| row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32),
+        );
         half_sq.clear();
         half_sq.extend(sq.iter().map(|&v| 0.5 * v));
 
         dots.resize(2 * t * count, 0.0);
-        matmul(View::row_major(&lhs, 2 * t, d), View::row_major(chunk, count, d).t(), &mut dots, false);
+        matmul(
+            View::row_major(&lhs, 2 * t, d),
+            View::row_major(chunk, count, d).t(),
+            &mut dots,
+            false,
+        );
         let (dot_src, dot_noise) = dots.split_at(t * count);
         weights.resize(t * count, 0.0);
 
@@ -108,7 +123,9 @@ pub fn posterior_moments(tile: &QueryTile, data: &dyn RowSource, center: Option<
             let mut total_nonzero = 0usize;
             for q in 0..t {
                 let idx = k * t + q;
-                let own = tile.own_row[q].filter(|&r| r >= start && r < start + count).map(|r| r - start);
+                let own = tile.own_row[q]
+                    .filter(|&r| r >= start && r < start + count)
+                    .map(|r| r - start);
                 let inputs = RowInputs {
                     dot_src: &dot_src[q * count..(q + 1) * count],
                     dot_noise: &dot_noise[q * count..(q + 1) * count],
@@ -125,7 +142,9 @@ pub fn posterior_moments(tile: &QueryTile, data: &dyn RowSource, center: Option<
                     let scale = crate::softmax::exp_floored(old_max - u.new_max);
                     run_sum[idx] *= scale as f64;
                     run_sq[idx] *= scale as f64;
-                    acc[idx * d..(idx + 1) * d].iter_mut().for_each(|v| *v *= scale);
+                    acc[idx * d..(idx + 1) * d]
+                        .iter_mut()
+                        .for_each(|v| *v *= scale);
                 }
                 run_max[idx] = u.new_max;
                 run_sum[idx] += u.sum_p;
@@ -154,16 +173,27 @@ pub fn posterior_moments(tile: &QueryTile, data: &dyn RowSource, center: Option<
                     }
                 }
             } else {
-                matmul(View::row_major(&weights, t, count), View::row_major(chunk, count, d), acc_k, true);
+                matmul(
+                    View::row_major(&weights, t, count),
+                    View::row_major(chunk, count, d),
+                    acc_k,
+                    true,
+                );
             }
         }
     }
 
-    let mut out = TileMoments { mean_sq_norm: vec![0.0; k_count * t], second_moment: vec![0.0; k_count * t] };
+    let mut out = TileMoments {
+        mean_sq_norm: vec![0.0; k_count * t],
+        second_moment: vec![0.0; k_count * t],
+    };
     for idx in 0..k_count * t {
         let s = run_sum[idx];
         if s > 0.0 {
-            let mu_sq: f64 = acc[idx * d..(idx + 1) * d].iter().map(|&v| v as f64 * v as f64).sum();
+            let mu_sq: f64 = acc[idx * d..(idx + 1) * d]
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum();
             out.mean_sq_norm[idx] = mu_sq / (s * s);
             out.second_moment[idx] = run_sq[idx] / s;
         }

@@ -36,7 +36,13 @@ pub use subset::{estimate_subset, SubsetRule};
 ///
 /// `progress` is called with the number of queries just finished (for progress bars); the
 /// total is `params.queries × 1` (all σ̂ share each query), or 1 step for `gaussian`.
-pub fn estimate(data: &dyn RowSource, dataset_spec: &str, sigmas: &[f64], params: &EstimateParams, progress: &(dyn Fn(usize) + Sync)) -> Result<Curve, EstimateError> {
+pub fn estimate(
+    data: &dyn RowSource,
+    dataset_spec: &str,
+    sigmas: &[f64],
+    params: &EstimateParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Curve, EstimateError> {
     let n = data.num_rows();
     let (subset, c) = params.resolve(n, sigmas)?;
     let mut sorted = sigmas.to_vec();
@@ -53,7 +59,9 @@ pub fn estimate(data: &dyn RowSource, dataset_spec: &str, sigmas: &[f64], params
             let l = subset.expect("resolved");
             let rule = match params.method {
                 Method::Dol => SubsetRule::Dol,
-                Method::Cdol => SubsetRule::Cdol { c: c.expect("resolved") },
+                Method::Cdol => SubsetRule::Cdol {
+                    c: c.expect("resolved"),
+                },
                 _ => SubsetRule::Snis,
             };
             meta.insert("queries".into(), params.queries.into());
@@ -62,21 +70,45 @@ pub fn estimate(data: &dyn RowSource, dataset_spec: &str, sigmas: &[f64], params
                 meta.insert("c".into(), serde_json::Value::from(c));
             }
             meta.insert("seed".into(), params.seed.into());
-            estimate_subset(data, &sorted, params.queries, l, rule, params.seed, progress)
+            estimate_subset(
+                data,
+                &sorted,
+                params.queries,
+                l,
+                rule,
+                params.seed,
+                progress,
+            )
         }
         Method::Gaussian => {
             let eig = covariance_eigenvalues(data).map_err(EstimateError::Eigen)?;
             progress(1);
-            sorted.iter().map(|&s| MeanStderr { mean: gaussian_optimal_loss(&eig, s), stderr: 0.0, count: 0 }).collect()
+            sorted
+                .iter()
+                .map(|&s| MeanStderr {
+                    mean: gaussian_optimal_loss(&eig, s),
+                    stderr: 0.0,
+                    count: 0,
+                })
+                .collect()
         }
     };
     let points = sorted
         .iter()
         .zip(&stats)
-        .map(|(&sigma, s)| CurvePoint { sigma, loss: s.mean, stderr: s.stderr, queries: s.count })
+        .map(|(&sigma, s)| CurvePoint {
+            sigma,
+            loss: s.mean,
+            stderr: s.stderr,
+            queries: s.count,
+        })
         .collect();
     Ok(Curve {
-        dataset: DatasetInfo { spec: dataset_spec.to_string(), n, dim: data.row_dim() },
+        dataset: DatasetInfo {
+            spec: dataset_spec.to_string(),
+            n,
+            dim: data.row_dim(),
+        },
         method: params.method.name().to_string(),
         params: meta,
         data_variance: Some(per_dim_variance(data)),

@@ -16,12 +16,24 @@ impl<'a> View<'a> {
     /// A row-major `rows × cols` matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols);
-        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// The transpose of this view (no copy).
     pub fn t(self) -> Self {
-        Self { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
 
     fn max_index(&self) -> usize {
@@ -47,7 +59,10 @@ pub fn matmul(a: View, b: View, c: &mut [f32], accumulate: bool) {
         }
         return;
     }
-    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "matmul: view out of bounds");
+    assert!(
+        a.max_index() < a.data.len() && b.max_index() < b.data.len(),
+        "matmul: view out of bounds"
+    );
     // SAFETY: every index the product touches is inside the slices (checked above); the
     // output does not alias the inputs (it is a distinct &mut borrow).
     unsafe {
@@ -82,15 +97,31 @@ mod tests {
     #[test]
     fn matmul_matches_naive_f64() {
         let (m, k, n) = (7, 13, 5);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.25)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5)
+            .collect();
         let mut c = vec![1.0f32; m * n];
         // B given as n×k row-major, used transposed.
-        matmul(View::row_major(&a, m, k), View::row_major(&b, n, k).t(), &mut c, true);
+        matmul(
+            View::row_major(&a, m, k),
+            View::row_major(&b, n, k).t(),
+            &mut c,
+            true,
+        );
         for i in 0..m {
             for j in 0..n {
-                let want: f64 = 1.0 + (0..k).map(|l| a[i * k + l] as f64 * b[j * k + l] as f64).sum::<f64>();
-                assert!((c[i * n + j] as f64 - want).abs() < 1e-4, "({i},{j}) {} vs {want}", c[i * n + j]);
+                let want: f64 = 1.0
+                    + (0..k)
+                        .map(|l| a[i * k + l] as f64 * b[j * k + l] as f64)
+                        .sum::<f64>();
+                assert!(
+                    (c[i * n + j] as f64 - want).abs() < 1e-4,
+                    "({i},{j}) {} vs {want}",
+                    c[i * n + j]
+                );
             }
         }
     }

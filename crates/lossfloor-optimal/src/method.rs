@@ -25,7 +25,13 @@ pub enum Method {
 
 impl Method {
     /// All methods, in the order `--help` lists them.
-    pub const ALL: [Method; 5] = [Method::Exact, Method::Dol, Method::Cdol, Method::Snis, Method::Gaussian];
+    pub const ALL: [Method; 5] = [
+        Method::Exact,
+        Method::Dol,
+        Method::Cdol,
+        Method::Snis,
+        Method::Gaussian,
+    ];
 
     /// The name used on the command line and in curve files.
     pub fn name(self) -> &'static str {
@@ -53,7 +59,10 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = EstimateError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| EstimateError::UnknownMethod(s.to_string()))
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| EstimateError::UnknownMethod(s.to_string()))
     }
 }
 
@@ -83,7 +92,11 @@ pub fn default_c(n: usize, l: usize) -> f64 {
 impl EstimateParams {
     /// Checks the parameters against a dataset of `n` rows and a σ̂ grid; returns the subset size
     /// and C actually used (for subset methods).
-    pub fn resolve(&self, n: usize, sigmas: &[f64]) -> Result<(Option<usize>, Option<f64>), EstimateError> {
+    pub fn resolve(
+        &self,
+        n: usize,
+        sigmas: &[f64],
+    ) -> Result<(Option<usize>, Option<f64>), EstimateError> {
         if sigmas.is_empty() {
             return Err(EstimateError::NoSigmas);
         }
@@ -106,12 +119,21 @@ impl EstimateParams {
             return Ok((None, None));
         }
         let l = self.subset.unwrap_or_else(|| default_subset(n));
-        let max = if self.method == Method::Snis { n - 1 } else { n };
+        let max = if self.method == Method::Snis {
+            n - 1
+        } else {
+            n
+        };
         if l < 2 {
             return Err(EstimateError::SubsetTooSmall(l));
         }
         if l > max {
-            return Err(EstimateError::SubsetTooLarge { l, n, max, method: self.method });
+            return Err(EstimateError::SubsetTooLarge {
+                l,
+                n,
+                max,
+                method: self.method,
+            });
         }
         let c = match self.method {
             Method::Cdol => {

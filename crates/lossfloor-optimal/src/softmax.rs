@@ -51,7 +51,8 @@ pub fn row_update(inputs: &RowInputs, running_max: f32, p: &mut [f32]) -> RowUpd
             // SAFETY: the CPU supports AVX-512F (checked just above).
             return unsafe { row_update_avx512(inputs, running_max, p) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { row_update_avx2(inputs, running_max, p) };
         }
@@ -78,7 +79,11 @@ fn row_update_generic(inputs: &RowInputs, running_max: f32, p: &mut [f32]) -> Ro
     let n = p.len();
     let sigma = inputs.sigma;
     let inv_s2 = 1.0 / (sigma * sigma);
-    let (dot_src, dot_noise, half_sq) = (&inputs.dot_src[..n], &inputs.dot_noise[..n], &inputs.half_sq[..n]);
+    let (dot_src, dot_noise, half_sq) = (
+        &inputs.dot_src[..n],
+        &inputs.dot_noise[..n],
+        &inputs.half_sq[..n],
+    );
 
     // Pass 1: logits and their maximum (lane-wise maxima so the loop vectorises).
     let mut lane_max = [f32::NEG_INFINITY; LANES];
@@ -110,7 +115,12 @@ fn row_update_generic(inputs: &RowInputs, running_max: f32, p: &mut [f32]) -> Ro
     let new_max = running_max.max(chunk_max);
     if new_max == f32::NEG_INFINITY {
         p.iter_mut().for_each(|v| *v = 0.0);
-        return RowUpdate { new_max, sum_p: 0.0, sum_p_sq: 0.0, nonzero: 0 };
+        return RowUpdate {
+            new_max,
+            sum_p: 0.0,
+            sum_p_sq: 0.0,
+            nonzero: 0,
+        };
     }
 
     // Pass 2: weights, their sum, their ‖x‖²-weighted sum and the count of non-zeros.
@@ -165,7 +175,7 @@ pub fn exp_floored(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    y = y * r + 0.5;
     let e_r = y * r * r + r + 1.0;
     let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
     if keep {
@@ -202,11 +212,21 @@ mod tests {
         let sq: Vec<f32> = (0..n).map(|i| 1.0 + (i as f32 * 0.05)).collect();
         let half_sq: Vec<f32> = sq.iter().map(|v| 0.5 * v).collect();
         for penalty in [None, Some((5usize, 1.5f32)), Some((0usize, f32::INFINITY))] {
-            let inputs = RowInputs { dot_src: &dot_src, dot_noise: &dot_noise, half_sq: &half_sq, sq: &sq, sigma: 0.7, penalty };
+            let inputs = RowInputs {
+                dot_src: &dot_src,
+                dot_noise: &dot_noise,
+                half_sq: &half_sq,
+                sq: &sq,
+                sigma: 0.7,
+                penalty,
+            };
             let mut p = vec![0f32; n];
             let u = row_update(&inputs, -1.0, &mut p);
             let mut logits: Vec<f64> = (0..n)
-                .map(|i| (dot_src[i] as f64 + 0.7 * dot_noise[i] as f64 - half_sq[i] as f64) / (0.7f64 * 0.7))
+                .map(|i| {
+                    (dot_src[i] as f64 + 0.7 * dot_noise[i] as f64 - half_sq[i] as f64)
+                        / (0.7f64 * 0.7)
+                })
                 .collect();
             if let Some((j, a)) = penalty {
                 logits[j] -= a as f64;
@@ -214,7 +234,11 @@ mod tests {
             let m = logits.iter().copied().fold(-1.0f64, f64::max);
             assert!((u.new_max as f64 - m).abs() < 1e-5);
             let sum: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            let sum_sq: f64 = logits.iter().zip(&sq).map(|(l, &s)| (l - m).exp() * s as f64).sum();
+            let sum_sq: f64 = logits
+                .iter()
+                .zip(&sq)
+                .map(|(l, &s)| (l - m).exp() * s as f64)
+                .sum();
             assert!((u.sum_p - sum).abs() < 1e-5 * sum, "{} vs {}", u.sum_p, sum);
             assert!((u.sum_p_sq - sum_sq).abs() < 1e-5 * sum_sq);
             for i in 0..n {

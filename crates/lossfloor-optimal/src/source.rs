@@ -25,7 +25,11 @@ pub struct DenseRows {
 impl DenseRows {
     /// Wraps `values` (length must be a multiple of `dim`, `dim > 0`).
     pub fn new(values: Vec<f32>, dim: usize) -> Self {
-        assert!(dim > 0 && values.len() % dim == 0, "DenseRows: {} values are not rows of {dim}", values.len());
+        assert!(
+            dim > 0 && values.len().is_multiple_of(dim),
+            "DenseRows: {} values are not rows of {dim}",
+            values.len()
+        );
         Self { values, dim }
     }
 
@@ -76,7 +80,14 @@ const CHUNK_FOR_STATS: usize = 1024;
 ///
 /// Why centre: J*(σ̂) is invariant to translating the data, and centred values make the
 /// f32 dot products of the distance GEMM smaller, so their rounding error is smaller.
-pub fn centered_rows(source: &dyn RowSource, mean: &[f32], start: usize, count: usize, scratch: &mut Vec<f32>, out: &mut Vec<f32>) {
+pub fn centered_rows(
+    source: &dyn RowSource,
+    mean: &[f32],
+    start: usize,
+    count: usize,
+    scratch: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) {
     let d = source.row_dim();
     let rows = source.rows(start, count, scratch);
     out.clear();
@@ -96,7 +107,11 @@ pub fn per_dim_variance(source: &dyn RowSource) -> f64 {
     for start in (0..n).step_by(CHUNK_FOR_STATS) {
         let count = CHUNK_FOR_STATS.min(n - start);
         for row in source.rows(start, count, &mut scratch).chunks_exact(d) {
-            total += row.iter().zip(&mean).map(|(&v, &m)| (v as f64 - m).powi(2)).sum::<f64>();
+            total += row
+                .iter()
+                .zip(&mean)
+                .map(|(&v, &m)| (v as f64 - m).powi(2))
+                .sum::<f64>();
         }
     }
     total / (n * d) as f64

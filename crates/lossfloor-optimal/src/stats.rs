@@ -12,7 +12,11 @@ pub struct MeanStderr {
 pub fn mean_stderr(values: &[f64]) -> MeanStderr {
     let m = values.len();
     if m == 0 {
-        return MeanStderr { mean: f64::NAN, stderr: f64::NAN, count: 0 };
+        return MeanStderr {
+            mean: f64::NAN,
+            stderr: f64::NAN,
+            count: 0,
+        };
     }
     let mean = values.iter().sum::<f64>() / m as f64;
     let stderr = if m > 1 {
@@ -21,5 +25,9 @@ pub fn mean_stderr(values: &[f64]) -> MeanStderr {
     } else {
         f64::NAN
     };
-    MeanStderr { mean, stderr, count: m }
+    MeanStderr {
+        mean,
+        stderr,
+        count: m,
+    }
 }

@@ -64,7 +64,10 @@ pub fn estimate_subset(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
     let (n, d) = (data.num_rows(), data.row_dim());
-    let mean: Vec<f32> = crate::source::row_mean(data).iter().map(|&v| v as f32).collect();
+    let mean: Vec<f32> = crate::source::row_mean(data)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     let batch_rows = rule.batch_rows(subset);
     let batches = queries.div_ceil(batch_rows);
     let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(queries); sigmas.len()];
@@ -79,7 +82,10 @@ pub fn estimate_subset(
         }
         let batch = DenseRows::new(rows, d);
         let in_batch = batch_rows.min(queries - b * batch_rows);
-        let tiles: Vec<(usize, usize)> = (0..in_batch).step_by(QUERY_TILE).map(|s| (s, QUERY_TILE.min(in_batch - s))).collect();
+        let tiles: Vec<(usize, usize)> = (0..in_batch)
+            .step_by(QUERY_TILE)
+            .map(|s| (s, QUERY_TILE.min(in_batch - s)))
+            .collect();
         let per_tile: Vec<Vec<f64>> = tiles
             .par_iter()
             .map(|&(start, t)| {
@@ -90,11 +96,20 @@ pub fn estimate_subset(
                     fill_normal(&mut rng, &mut noise[q * d..(q + 1) * d]);
                 }
                 let own: Vec<Option<usize>> = (start..start + t).map(Some).collect();
-                let tile = QueryTile { src, noise: &noise, own_row: &own };
+                let tile = QueryTile {
+                    src,
+                    noise: &noise,
+                    own_row: &own,
+                };
                 let moments = posterior_moments(&tile, &batch, None, sigmas, rule.source_term());
                 progress(t);
-                let src_sq: Vec<f64> = src.chunks_exact(d).map(|r| r.iter().map(|&v| v as f64 * v as f64).sum()).collect();
-                (0..sigmas.len() * t).map(|idx| (src_sq[idx % t] - moments.mean_sq_norm[idx]) / d as f64).collect()
+                let src_sq: Vec<f64> = src
+                    .chunks_exact(d)
+                    .map(|r| r.iter().map(|&v| v as f64 * v as f64).sum())
+                    .collect();
+                (0..sigmas.len() * t)
+                    .map(|idx| (src_sq[idx % t] - moments.mean_sq_norm[idx]) / d as f64)
+                    .collect()
             })
             .collect();
         for (k, out) in values.iter_mut().enumerate() {

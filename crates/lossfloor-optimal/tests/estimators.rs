@@ -11,7 +11,9 @@ fn no_progress(_: usize) {}
 /// A small dataset with clusters (so posteriors are neither one-hot nor flat at moderate σ̂).
 fn clustered(n: usize, d: usize, seed: u64) -> DenseRows {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let centres: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| rng.random_range(-0.8f32..0.8)).collect()).collect();
+    let centres: Vec<Vec<f32>> = (0..5)
+        .map(|_| (0..d).map(|_| rng.random_range(-0.8f32..0.8)).collect())
+        .collect();
     let mut v = Vec::with_capacity(n * d);
     for i in 0..n {
         let c = &centres[i % 5];
@@ -30,19 +32,29 @@ fn brute_force_exact(data: &DenseRows, sigma: f64, queries: usize, seed: u64) ->
     let mut total = 0f64;
     for m in 0..queries {
         let src = exact_query(seed, m, n, &mut noise);
-        let xh: Vec<f64> = (0..d).map(|j| data.row(src)[j] as f64 + sigma * noise[j] as f64).collect();
+        let xh: Vec<f64> = (0..d)
+            .map(|j| data.row(src)[j] as f64 + sigma * noise[j] as f64)
+            .collect();
         let logits: Vec<f64> = (0..n)
-            .map(|i| -data.row(i).iter().zip(&xh).map(|(&a, b)| (a as f64 - b).powi(2)).sum::<f64>() / (2.0 * sigma * sigma))
+            .map(|i| {
+                -data
+                    .row(i)
+                    .iter()
+                    .zip(&xh)
+                    .map(|(&a, b)| (a as f64 - b).powi(2))
+                    .sum::<f64>()
+                    / (2.0 * sigma * sigma)
+            })
             .collect();
         let mx = logits.iter().copied().fold(f64::MIN, f64::max);
         let w: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
         let s: f64 = w.iter().sum();
         let mut mu = vec![0f64; d];
         let mut second = 0f64;
-        for i in 0..n {
-            let p = w[i] / s;
-            for j in 0..d {
-                mu[j] += p * data.row(i)[j] as f64;
+        for (i, wi) in w.iter().enumerate() {
+            let p = wi / s;
+            for (m, &x) in mu.iter_mut().zip(data.row(i)) {
+                *m += p * x as f64;
             }
             second += p * data.row(i).iter().map(|&a| (a as f64).powi(2)).sum::<f64>();
         }
@@ -63,7 +75,11 @@ fn exact_matches_float64_brute_force() {
         // variance) they are built from; J* is a difference of such terms, so the error is
         // bounded relative to the variance, not to J* itself (which is 0 at tiny σ̂).
         let tol = 1e-6 * want.abs() + 2e-6 * var;
-        assert!((g.mean - want).abs() <= tol, "σ̂={s}: got {} want {want} (tol {tol})", g.mean);
+        assert!(
+            (g.mean - want).abs() <= tol,
+            "σ̂={s}: got {} want {want} (tol {tol})",
+            g.mean
+        );
     }
 }
 
@@ -72,7 +88,10 @@ fn exact_is_independent_of_thread_count() {
     let data = clustered(600, 7, 2);
     let sigmas = [0.05, 0.4, 2.0];
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| estimate_exact(&data, &sigmas, 500, 11, &no_progress))
     };
     let (a, b) = (run(1), run(2));
@@ -89,14 +108,21 @@ fn exact_agrees_with_gaussian_closed_form_above_memorisation() {
     let d = 8;
     let scales = [1.0f32, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1];
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let v: Vec<f32> = (0..20_000 * d).map(|i| scales[i % d] * rng.sample::<f32, _>(StandardNormal)).collect();
+    let v: Vec<f32> = (0..20_000 * d)
+        .map(|i| scales[i % d] * rng.sample::<f32, _>(StandardNormal))
+        .collect();
     let data = DenseRows::new(v, d);
     let eig = covariance_eigenvalues(&data).unwrap();
     let sigmas = [2.0, 4.0, 8.0];
     let got = estimate_exact(&data, &sigmas, 3000, 5, &no_progress);
     for (&s, g) in sigmas.iter().zip(&got) {
         let want = gaussian_optimal_loss(&eig, s);
-        assert!((g.mean - want).abs() <= 3.0 * g.stderr, "σ̂={s}: exact {} ± {} vs Gaussian {want}", g.mean, g.stderr);
+        assert!(
+            (g.mean - want).abs() <= 3.0 * g.stderr,
+            "σ̂={s}: exact {} ± {} vs Gaussian {want}",
+            g.mean,
+            g.stderr
+        );
     }
 }
 
@@ -110,7 +136,14 @@ fn gaussian_closed_form_limits() {
     assert!((large - 1.75 / 4.0).abs() < 1e-7);
 }
 
-fn subset(data: &DenseRows, sigmas: &[f64], m: usize, l: usize, rule: SubsetRule, seed: u64) -> Vec<MeanStderr> {
+fn subset(
+    data: &DenseRows,
+    sigmas: &[f64],
+    m: usize,
+    l: usize,
+    rule: SubsetRule,
+    seed: u64,
+) -> Vec<MeanStderr> {
     estimate_subset(data, sigmas, m, l, rule, seed, &no_progress)
 }
 
@@ -121,11 +154,25 @@ fn cdol_with_c_one_is_dol_and_with_c_infinite_is_snis_on_l_minus_one() {
     let dol = subset(&data, &sigmas, 300, 64, SubsetRule::Dol, 9);
     let c1 = subset(&data, &sigmas, 300, 64, SubsetRule::Cdol { c: 1.0 }, 9);
     assert_eq!(dol, c1);
-    let cinf = subset(&data, &sigmas, 300, 64, SubsetRule::Cdol { c: f64::INFINITY }, 9);
+    let cinf = subset(
+        &data,
+        &sigmas,
+        300,
+        64,
+        SubsetRule::Cdol { c: f64::INFINITY },
+        9,
+    );
     let snis = subset(&data, &sigmas, 300, 63, SubsetRule::Snis, 9);
     assert_eq!(cinf, snis);
     // A huge finite C approaches the limit wherever the source's logit lead is below ln C.
-    let big = subset(&data, &sigmas[2..], 300, 64, SubsetRule::Cdol { c: 1e30 }, 9);
+    let big = subset(
+        &data,
+        &sigmas[2..],
+        300,
+        64,
+        SubsetRule::Cdol { c: 1e30 },
+        9,
+    );
     for (b, s) in big.iter().zip(&snis[2..]) {
         assert!((b.mean - s.mean).abs() < 1e-9, "{} vs {}", b.mean, s.mean);
     }
@@ -141,12 +188,35 @@ fn bias_directions_dol_below_exact_below_snis() {
     let l = 50;
     let dol = subset(&data, &sigmas, 4000, l, SubsetRule::Dol, 2)[0];
     let snis = subset(&data, &sigmas, 4000, l - 1, SubsetRule::Snis, 2)[0];
-    let cdol = subset(&data, &sigmas, 4000, l, SubsetRule::Cdol { c: default_c(2000, l) }, 2)[0];
-    let sep = |a: MeanStderr, b: MeanStderr| (b.mean - a.mean) / (a.stderr.powi(2) + b.stderr.powi(2)).sqrt();
-    assert!(sep(dol, exact) > 3.0, "DOL {dol:?} not below exact {exact:?}");
-    assert!(sep(exact, snis) > 3.0, "SNIS {snis:?} not above exact {exact:?}");
-    assert!(dol.mean < cdol.mean && cdol.mean < snis.mean, "cDOL {cdol:?} not between DOL {dol:?} and SNIS {snis:?}");
-    assert!((cdol.mean - exact.mean).abs() < (dol.mean - exact.mean).abs(), "cDOL should correct DOL's bias");
+    let cdol = subset(
+        &data,
+        &sigmas,
+        4000,
+        l,
+        SubsetRule::Cdol {
+            c: default_c(2000, l),
+        },
+        2,
+    )[0];
+    let sep = |a: MeanStderr, b: MeanStderr| {
+        (b.mean - a.mean) / (a.stderr.powi(2) + b.stderr.powi(2)).sqrt()
+    };
+    assert!(
+        sep(dol, exact) > 3.0,
+        "DOL {dol:?} not below exact {exact:?}"
+    );
+    assert!(
+        sep(exact, snis) > 3.0,
+        "SNIS {snis:?} not above exact {exact:?}"
+    );
+    assert!(
+        dol.mean < cdol.mean && cdol.mean < snis.mean,
+        "cDOL {cdol:?} not between DOL {dol:?} and SNIS {snis:?}"
+    );
+    assert!(
+        (cdol.mean - exact.mean).abs() < (dol.mean - exact.mean).abs(),
+        "cDOL should correct DOL's bias"
+    );
 }
 
 #[test]
@@ -156,13 +226,31 @@ fn stable_from_tiny_to_huge_sigma() {
     let var = per_dim_variance(&data);
     for stats in [
         estimate_exact(&data, &sigmas, 256, 3, &no_progress),
-        subset(&data, &sigmas, 256, 128, SubsetRule::Cdol { c: default_c(1000, 128) }, 3),
+        subset(
+            &data,
+            &sigmas,
+            256,
+            128,
+            SubsetRule::Cdol {
+                c: default_c(1000, 128),
+            },
+            3,
+        ),
         subset(&data, &sigmas, 256, 128, SubsetRule::Snis, 3),
     ] {
         for (s, st) in sigmas.iter().zip(&stats) {
-            assert!(st.mean.is_finite() && st.stderr.is_finite(), "σ̂={s}: {st:?}");
-            assert!(st.mean >= -3.0 * st.stderr - 1e-9, "σ̂={s}: negative beyond its error bar: {st:?}");
-            assert!(st.mean <= var * 1.2 + 3.0 * st.stderr, "σ̂={s}: above the data variance {var}: {st:?}");
+            assert!(
+                st.mean.is_finite() && st.stderr.is_finite(),
+                "σ̂={s}: {st:?}"
+            );
+            assert!(
+                st.mean >= -3.0 * st.stderr - 1e-9,
+                "σ̂={s}: negative beyond its error bar: {st:?}"
+            );
+            assert!(
+                st.mean <= var * 1.2 + 3.0 * st.stderr,
+                "σ̂={s}: above the data variance {var}: {st:?}"
+            );
         }
     }
     // Far below σ* the posterior sits on the source: J* = 0 up to the f32 rounding of ‖x‖²
@@ -173,7 +261,13 @@ fn stable_from_tiny_to_huge_sigma() {
 
 #[test]
 fn parameter_validation_names_the_problem() {
-    let p = |method, queries, subset, c| EstimateParams { method, queries, subset, c, seed: 0 };
+    let p = |method, queries, subset, c| EstimateParams {
+        method,
+        queries,
+        subset,
+        c,
+        seed: 0,
+    };
     let err = |r: Result<_, EstimateError>| r.unwrap_err().to_string();
     assert!(err(p(Method::Exact, 10, None, None).resolve(100, &[0.0])).contains("σ = 0"));
     assert!(err(p(Method::Exact, 10, None, None).resolve(100, &[-1.0])).contains("> 0"));
@@ -183,19 +277,40 @@ fn parameter_validation_names_the_problem() {
     assert!(err(p(Method::Dol, 10, Some(1), None).resolve(100, &[1.0])).contains("at least 2"));
     assert!(err(p(Method::Cdol, 10, Some(10), Some(0.5)).resolve(100, &[1.0])).contains("C ≥ 1"));
     assert!(err(p(Method::Exact, 10, Some(10), None).resolve(100, &[1.0])).contains("--subset"));
-    assert!("nope".parse::<Method>().unwrap_err().to_string().contains("exact, dol, cdol, snis, gaussian"));
-    assert_eq!(p(Method::Cdol, 10, Some(10), None).resolve(100, &[1.0]).unwrap(), (Some(10), Some(40.0)));
+    assert!("nope"
+        .parse::<Method>()
+        .unwrap_err()
+        .to_string()
+        .contains("exact, dol, cdol, snis, gaussian"));
+    assert_eq!(
+        p(Method::Cdol, 10, Some(10), None)
+            .resolve(100, &[1.0])
+            .unwrap(),
+        (Some(10), Some(40.0))
+    );
 }
 
 #[test]
 fn curve_interpolation_and_sigma_star() {
     let pts = [(0.01, 0.0), (0.1, 0.001), (1.0, 0.1), (10.0, 0.2)];
     let curve = Curve {
-        dataset: DatasetInfo { spec: "t".into(), n: 1, dim: 1 },
+        dataset: DatasetInfo {
+            spec: "t".into(),
+            n: 1,
+            dim: 1,
+        },
         method: "exact".into(),
         params: Default::default(),
         data_variance: Some(0.2),
-        points: pts.iter().map(|&(sigma, loss)| CurvePoint { sigma, loss, stderr: 0.0, queries: 1 }).collect(),
+        points: pts
+            .iter()
+            .map(|&(sigma, loss)| CurvePoint {
+                sigma,
+                loss,
+                stderr: 0.0,
+                queries: 1,
+            })
+            .collect(),
     };
     assert!((curve.loss_at(0.1f64.sqrt()) - 0.0505).abs() < 1e-12); // halfway in ln σ̂
     assert_eq!(curve.loss_at(100.0), 0.2);
@@ -205,5 +320,8 @@ fn curve_interpolation_and_sigma_star() {
     curve.save(&path).unwrap();
     assert_eq!(Curve::load(&path).unwrap(), curve);
     std::fs::write(&path, "{\"points\": 3}").unwrap();
-    assert!(Curve::load(&path).unwrap_err().to_string().contains("not a lossfloor curve file"));
+    assert!(Curve::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("not a lossfloor curve file"));
 }
