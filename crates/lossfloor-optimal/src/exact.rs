@@ -35,14 +35,8 @@ pub fn estimate_exact(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
     let (n, d) = (data.num_rows(), data.row_dim());
-    let mean: Vec<f32> = crate::source::row_mean(data)
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
-    let tiles: Vec<(usize, usize)> = (0..queries)
-        .step_by(QUERY_TILE)
-        .map(|s| (s, QUERY_TILE.min(queries - s)))
-        .collect();
+    let mean = crate::source::row_mean_f32(data);
+    let tiles = crate::kernel::tiles(queries, QUERY_TILE);
     let per_tile: Vec<Vec<f64>> = tiles
         .par_iter()
         .map(|&(start, t)| {

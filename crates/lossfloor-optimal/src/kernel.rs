@@ -57,6 +57,14 @@ pub struct TileMoments {
 /// stay within a core's L2 for CIFAR-sized rows.
 pub const CHUNK_ROWS: usize = 512;
 
+/// Splits `total` queries into consecutive tiles `(start, len)` of at most `size`.
+pub fn tiles(total: usize, size: usize) -> Vec<(usize, usize)> {
+    (0..total)
+        .step_by(size)
+        .map(|s| (s, size.min(total - s)))
+        .collect()
+}
+
 /// Runs the kernel for one tile over all rows of `data` (centred by `center` if given).
 pub fn posterior_moments(
     tile: &QueryTile,

@@ -74,6 +74,11 @@ pub fn row_mean(source: &dyn RowSource) -> Vec<f64> {
     sum
 }
 
+/// [`row_mean`] rounded to f32, the precision the kernels centre with.
+pub fn row_mean_f32(source: &dyn RowSource) -> Vec<f32> {
+    row_mean(source).iter().map(|&v| v as f32).collect()
+}
+
 const CHUNK_FOR_STATS: usize = 1024;
 
 /// Copies rows `[start, start+count)` into `out` with `mean` subtracted.

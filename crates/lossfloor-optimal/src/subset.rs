@@ -64,10 +64,7 @@ pub fn estimate_subset(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
     let (n, d) = (data.num_rows(), data.row_dim());
-    let mean: Vec<f32> = crate::source::row_mean(data)
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
+    let mean = crate::source::row_mean_f32(data);
     let batch_rows = rule.batch_rows(subset);
     let batches = queries.div_ceil(batch_rows);
     let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(queries); sigmas.len()];
@@ -82,10 +79,7 @@ pub fn estimate_subset(
         }
         let batch = DenseRows::new(rows, d);
         let in_batch = batch_rows.min(queries - b * batch_rows);
-        let tiles: Vec<(usize, usize)> = (0..in_batch)
-            .step_by(QUERY_TILE)
-            .map(|s| (s, QUERY_TILE.min(in_batch - s)))
-            .collect();
+        let tiles = crate::kernel::tiles(in_batch, QUERY_TILE);
         let per_tile: Vec<Vec<f64>> = tiles
             .par_iter()
             .map(|&(start, t)| {
