@@ -1,0 +1,49 @@
+//! Getting typed, contiguous slices out of candle's CPU storage.
+
+use candle_core::{CpuStorage, Layout, Result};
+
+use crate::elem::Elem;
+
+/// Typed access to a CPU storage variant.
+pub trait FromStorage: Elem {
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn wrap(v: Vec<Self>) -> CpuStorage;
+}
+
+impl FromStorage for f32 {
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F32(v)
+    }
+}
+
+impl FromStorage for f64 {
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn wrap(v: Vec<Self>) -> CpuStorage {
+        CpuStorage::F64(v)
+    }
+}
+
+/// The contiguous elements of a tensor (the public wrappers make inputs contiguous first).
+pub fn contiguous<'a, T: FromStorage>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let v =
+        T::slice(s).ok_or_else(|| candle_core::Error::Msg(format!("{what}: unexpected dtype")))?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}

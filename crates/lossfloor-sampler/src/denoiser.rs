@@ -1,0 +1,109 @@
+//! The [`Denoiser`] trait D(x̂; σ̂) and an adapter from a preconditioned raw network.
+
+use candle_core::{DType, Tensor};
+use lossfloor_core::Process;
+
+/// A denoiser D(x̂; σ̂) in VE / x0 coordinates: given x̂ = x0 + σ̂ ε it returns an
+/// estimate of x0 (EDM's `net(x, sigma, class_labels)`).
+///
+/// Every process of `lossfloor-core` (VP, VE, EDM, iDDPM, flow matching) is sampled in
+/// these coordinates: the sampler integrates the probability-flow ODE
+/// dx̂/dσ̂ = (x̂ − D(x̂; σ̂))/σ̂, which does not depend on the process's α(t).  A
+/// flow-matching model therefore needs no sampler of its own: wrap it as a
+/// [`PrecondDenoiser`] (or implement D = c_skip x̂ + c_out F(c_in x̂; c_noise) directly) and
+/// the EDM sampler runs on σ̂ = t/(1−t) — x_t = α x̂ is never formed.
+pub trait Denoiser {
+    /// D(x; σ) for a batch `x` of shape `[N, C, H, W]` (f32).  `sigma` is the noise
+    /// level in float64; an implementation casts it to its own precision (EDM casts it
+    /// to float32 inside the network).  `class_labels` is `[N, num_classes]` (one-hot)
+    /// or `None`.  Returns a tensor of the same shape as `x`.
+    fn denoise(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        class_labels: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor>;
+    /// Smallest σ the denoiser supports (EDM: `net.sigma_min`).
+    fn sigma_min(&self) -> f64 {
+        0.0
+    }
+    /// Largest σ the denoiser supports (EDM: `net.sigma_max`).
+    fn sigma_max(&self) -> f64 {
+        f64::INFINITY
+    }
+    /// Snaps σ to a value the network was trained on (EDM: `net.round_sigma`; only
+    /// iDDPM is not the identity).
+    fn round_sigma(&self, sigma: f64) -> f64 {
+        sigma
+    }
+}
+
+impl<T: Denoiser + ?Sized> Denoiser for &T {
+    fn denoise(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        class_labels: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        (**self).denoise(x, sigma, class_labels)
+    }
+    fn sigma_min(&self) -> f64 {
+        (**self).sigma_min()
+    }
+    fn sigma_max(&self) -> f64 {
+        (**self).sigma_max()
+    }
+    fn round_sigma(&self, sigma: f64) -> f64 {
+        (**self).round_sigma(sigma)
+    }
+}
+
+/// D(x̂; σ̂) = c_skip(σ̂) x̂ + c_out(σ̂) F(c_in(σ̂) x̂; c_noise(σ̂)) for a raw network F
+/// (a closure `(c_in·x̂, c_noise, class_labels) -> F`) and a process of `lossfloor-core`,
+/// which supplies the coefficients, the σ̂ range and `round_sigma`.
+pub struct PrecondDenoiser<F> {
+    process: Box<dyn Process>,
+    net: F,
+}
+
+impl<F> PrecondDenoiser<F>
+where
+    F: Fn(&Tensor, f64, Option<&Tensor>) -> candle_core::Result<Tensor>,
+{
+    /// Wraps `net` with the preconditioning of `process`.
+    pub fn new(process: Box<dyn Process>, net: F) -> Self {
+        Self { process, net }
+    }
+
+    /// The process whose preconditioning is applied.
+    pub fn process(&self) -> &dyn Process {
+        self.process.as_ref()
+    }
+}
+
+impl<F> Denoiser for PrecondDenoiser<F>
+where
+    F: Fn(&Tensor, f64, Option<&Tensor>) -> candle_core::Result<Tensor>,
+{
+    fn denoise(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        class_labels: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let p = self.process.precond(sigma);
+        let x = x.to_dtype(DType::F32)?;
+        let f = (self.net)(&x.affine(p.c_in, 0.0)?, p.c_noise, class_labels)?;
+        let f = f.to_dtype(DType::F32)?;
+        x.affine(p.c_skip, 0.0)? + f.affine(p.c_out, 0.0)?
+    }
+    fn sigma_min(&self) -> f64 {
+        self.process.sigma_hat_range().0
+    }
+    fn sigma_max(&self) -> f64 {
+        self.process.sigma_hat_range().1
+    }
+    fn round_sigma(&self, sigma: f64) -> f64 {
+        self.process.round_sigma(sigma)
+    }
+}
