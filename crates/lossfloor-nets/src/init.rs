@@ -44,6 +44,10 @@ pub(crate) enum PInit {
         fan_out: usize,
         gain: f64,
     },
+    /// U(-bound, bound) (EDM's `kaiming_uniform` has bound `gain * sqrt(3 / fan_in)`).
+    Uniform {
+        bound: f64,
+    },
     Zeros,
     Ones,
     /// N(0, std^2).
@@ -63,6 +67,10 @@ impl PInit {
                 let b = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
                 Init::Uniform { lo: -b, up: b }
             }
+            PInit::Uniform { bound } => Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
             PInit::Zeros => Init::Const(0.0),
             PInit::Ones => Init::Const(1.0),
             PInit::Normal { std } => Init::Randn {
@@ -84,6 +92,9 @@ impl PInit {
                     .map(|_| ((rng.uniform() * 2.0 - 1.0) * b) as f32)
                     .collect()
             }
+            PInit::Uniform { bound } => (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect(),
             PInit::Zeros => vec![0.0; n],
             PInit::Ones => vec![1.0; n],
             PInit::Normal { std } => (0..n).map(|_| (rng.normal() * std) as f32).collect(),

@@ -7,21 +7,64 @@ use candle_nn::VarBuilder;
 use crate::init::{PInit, ParamCtx};
 use crate::{NetsError, Result};
 
-/// EDM's init presets of SongUNet.
+/// EDM's `init_mode` / `init_weight` / `init_bias` of one layer.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct InitKind {
-    /// Multiplier of the xavier-uniform weights (`init_weight`).
-    pub(crate) weight_gain: f64,
+pub(crate) enum InitKind {
+    /// `xavier_uniform * weight_gain`, zero bias (SongUNet).
+    Xavier { weight_gain: f64 },
+    /// `kaiming_uniform`: weight and bias U(-1, 1) * sqrt(3 / fan_in), times
+    /// `weight_gain` and `bias_gain` respectively (DhariwalUNet).
+    KaimingUniform { weight_gain: f64, bias_gain: f64 },
+    /// `kaiming_normal`: weight N(0, 1 / fan_in) * weight_gain^2, zero bias.
+    KaimingNormal { weight_gain: f64 },
+    /// All-zero weight and bias (`init_weight=0, init_bias=0`).
+    Zero,
 }
 
-/// `init = dict(init_mode='xavier_uniform')`.
-pub(crate) const INIT: InitKind = InitKind { weight_gain: 1.0 };
-/// `init_zero = dict(init_mode='xavier_uniform', init_weight=1e-5)`.
-pub(crate) const INIT_ZERO: InitKind = InitKind { weight_gain: 1e-5 };
+impl InitKind {
+    /// Initialisation law of the weight of a layer with the given fans.
+    pub(crate) fn weight(self, fan_in: usize, fan_out: usize) -> PInit {
+        match self {
+            InitKind::Xavier { weight_gain } => PInit::Xavier {
+                fan_in,
+                fan_out,
+                gain: weight_gain,
+            },
+            InitKind::KaimingUniform { weight_gain, .. } => kaiming_uniform(fan_in, weight_gain),
+            InitKind::KaimingNormal { weight_gain } => PInit::Normal {
+                std: weight_gain / (fan_in as f64).sqrt(),
+            },
+            InitKind::Zero => PInit::Zeros,
+        }
+    }
 
-/// `init_attn = dict(init_mode='xavier_uniform', init_weight=sqrt(0.2))`.
+    /// Initialisation law of the bias (EDM draws it with the layer's fans).
+    pub(crate) fn bias(self, fan_in: usize) -> PInit {
+        match self {
+            InitKind::KaimingUniform { bias_gain, .. } => kaiming_uniform(fan_in, bias_gain),
+            _ => PInit::Zeros,
+        }
+    }
+}
+
+fn kaiming_uniform(fan_in: usize, gain: f64) -> PInit {
+    if gain == 0.0 {
+        PInit::Zeros
+    } else {
+        PInit::Uniform {
+            bound: gain * (3.0 / fan_in as f64).sqrt(),
+        }
+    }
+}
+
+/// SongUNet's `init = dict(init_mode='xavier_uniform')`.
+pub(crate) const INIT: InitKind = InitKind::Xavier { weight_gain: 1.0 };
+/// SongUNet's `init_zero = dict(init_mode='xavier_uniform', init_weight=1e-5)`.
+pub(crate) const INIT_ZERO: InitKind = InitKind::Xavier { weight_gain: 1e-5 };
+
+/// SongUNet's `init_attn = dict(init_mode='xavier_uniform', init_weight=sqrt(0.2))`.
 pub(crate) fn init_attn() -> InitKind {
-    InitKind {
+    InitKind::Xavier {
         weight_gain: 0.2f64.sqrt(),
     }
 }
@@ -47,14 +90,10 @@ impl Linear {
             vb,
             "weight",
             &[out_features, in_features],
-            PInit::Xavier {
-                fan_in: in_features,
-                fan_out: out_features,
-                gain: init.weight_gain,
-            },
+            init.weight(in_features, out_features),
         )?;
         let bias = if bias {
-            Some(ctx.param(vb, "bias", &[out_features], PInit::Zeros)?)
+            Some(ctx.param(vb, "bias", &[out_features], init.bias(in_features))?)
         } else {
             None
         };
@@ -106,17 +145,28 @@ impl GroupNorm {
         })
     }
 
+    /// GroupNorm (fused kernel of `lossfloor-ops` on CPU).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let xg = x.reshape((n, self.groups, (c / self.groups) * h * w))?;
-        let mean = xg.mean_keepdim(2)?;
-        let xc = xg.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(2)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let xn = xn.reshape((n, c, h, w))?;
-        Ok(xn
-            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)?)
+        Ok(lossfloor_ops::group_norm(
+            x,
+            self.groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            false,
+        )?)
+    }
+
+    /// `silu(GroupNorm(x))` in one fused op.
+    pub(crate) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(lossfloor_ops::group_norm(
+            x,
+            self.groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            true,
+        )?)
     }
 }
 
@@ -244,17 +294,15 @@ impl Conv2d {
         init: InitKind,
     ) -> Result<Self> {
         let (weight, bias) = if kernel > 0 {
+            let fan_in = in_channels * kernel * kernel;
+            let fan_out = out_channels * kernel * kernel;
             let w = ctx.param(
                 vb,
                 "weight",
                 &[out_channels, in_channels, kernel, kernel],
-                PInit::Xavier {
-                    fan_in: in_channels * kernel * kernel,
-                    fan_out: out_channels * kernel * kernel,
-                    gain: init.weight_gain,
-                },
+                init.weight(fan_in, fan_out),
             )?;
-            let b = ctx.param(vb, "bias", &[out_channels], PInit::Zeros)?;
+            let b = ctx.param(vb, "bias", &[out_channels], init.bias(fan_in))?;
             (Some(w), Some(b))
         } else {
             (None, None)
@@ -278,45 +326,94 @@ impl Conv2d {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w_pad = self.kernel / 2;
-        let mut x = x.clone();
+        let bias = self.bias.as_ref();
         match (&self.resample, self.sampling) {
             (Some(r), Sampling::FusedDown) => {
-                if let Some(w) = &self.weight {
-                    x = x.conv2d(w, w_pad + r.pad(), 1, 1, 1)?;
-                }
-                x = r.down(&x, 0)?;
+                // The constructor guarantees a weight here; the bias is added
+                // after the (linear, sum-1) filter, as in EDM.
+                let w = self
+                    .weight
+                    .as_ref()
+                    .ok_or_else(|| NetsError::Config("fused resampling needs a kernel".into()))?;
+                let y = r.down(&lossfloor_ops::conv2d(x, w, None, 1, w_pad + r.pad())?, 0)?;
+                Ok(match bias {
+                    Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+                    None => y,
+                })
             }
             (resample, sampling) => {
-                if let Some(r) = resample {
-                    x = match sampling {
-                        Sampling::Up => r.up(&x, r.pad())?,
-                        _ => r.down(&x, r.pad())?,
-                    };
-                }
-                if let Some(w) = &self.weight {
-                    x = x.conv2d(w, w_pad, 1, 1, 1)?;
-                }
+                let x = match resample {
+                    Some(r) if sampling == Sampling::Up => r.up(x, r.pad())?,
+                    Some(r) => r.down(x, r.pad())?,
+                    None => x.clone(),
+                };
+                Ok(match &self.weight {
+                    Some(w) => lossfloor_ops::conv2d(&x, w, bias, 1, w_pad)?,
+                    None => x,
+                })
             }
         }
-        if let Some(b) = &self.bias {
-            let c = b.dim(0)?;
-            x = x.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
-        }
-        Ok(x)
     }
 }
 
-/// Options of a [`UNetBlock`] shared by all blocks of a SongUNet.
+/// Number of attention heads of a [`UNetBlock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heads {
+    /// A fixed count (`num_heads`; SongUNet uses 1).
+    Fixed(usize),
+    /// `out_channels / channels_per_head` (DhariwalUNet uses 64); zero heads
+    /// (fewer channels than one head) means no attention, as in EDM.
+    PerHead(usize),
+}
+
+/// Options of a [`UNetBlock`] shared by all blocks of a network (EDM's `block_kwargs`).
 #[derive(Debug, Clone)]
 pub(crate) struct BlockOpts {
     pub(crate) emb_channels: usize,
     pub(crate) dropout: f64,
     pub(crate) filter: Vec<f64>,
+    pub(crate) heads: Heads,
+    pub(crate) skip_scale: f64,
+    pub(crate) eps: f64,
+    /// A 1x1 skip conv also when only resampling (otherwise a parameter-free resample).
+    pub(crate) resample_proj: bool,
+    /// Per-block conditioning as `norm1(x) * (scale + 1) + shift` instead of `norm1(x + emb)`.
+    pub(crate) adaptive_scale: bool,
+    pub(crate) init: InitKind,
+    pub(crate) init_zero: InitKind,
+    pub(crate) init_attn: InitKind,
 }
 
-/// EDM's `UNetBlock` as configured by SongUNet: `num_heads = 1`,
-/// `skip_scale = sqrt(0.5)`, `eps = 1e-6`, `resample_proj = True`,
-/// `adaptive_scale = False`.
+impl BlockOpts {
+    /// SongUNet's blocks: `num_heads = 1`, `skip_scale = sqrt(0.5)`, `eps = 1e-6`,
+    /// `resample_proj = True`, `adaptive_scale = False`, xavier init.
+    pub(crate) fn song(emb_channels: usize, dropout: f64, filter: Vec<f64>) -> Self {
+        Self {
+            emb_channels,
+            dropout,
+            filter,
+            heads: Heads::Fixed(1),
+            skip_scale: std::f64::consts::FRAC_1_SQRT_2,
+            eps: 1e-6,
+            resample_proj: true,
+            adaptive_scale: false,
+            init: INIT,
+            init_zero: INIT_ZERO,
+            init_attn: init_attn(),
+        }
+    }
+}
+
+/// Self-attention of a [`UNetBlock`]: `norm2`, 1x1 `qkv`, 1x1 `proj`.
+#[derive(Debug, Clone)]
+struct Attention {
+    norm2: GroupNorm,
+    qkv: Conv2d,
+    proj: Conv2d,
+    heads: usize,
+}
+
+/// EDM's unified `UNetBlock` (DDPM++, NCSN++ and ADM).
 #[derive(Debug, Clone)]
 pub(crate) struct UNetBlock {
     norm0: GroupNorm,
@@ -325,13 +422,12 @@ pub(crate) struct UNetBlock {
     norm1: GroupNorm,
     conv1: Conv2d,
     skip: Option<Conv2d>,
-    attn: Option<(GroupNorm, Conv2d, Conv2d)>,
+    attn: Option<Attention>,
     dropout: f64,
+    skip_scale: f64,
+    adaptive_scale: bool,
     pub(crate) in_channels: usize,
 }
-
-pub(crate) const SKIP_SCALE: f64 = std::f64::consts::FRAC_1_SQRT_2;
-const BLOCK_EPS: f64 = 1e-6;
 
 impl UNetBlock {
     #[allow(clippy::too_many_arguments)]
@@ -345,7 +441,17 @@ impl UNetBlock {
         opts: &BlockOpts,
     ) -> Result<Self> {
         let f = &opts.filter;
-        let norm0 = GroupNorm::new(ctx, &vb.pp("norm0"), in_channels, BLOCK_EPS)?;
+        let heads = match (attention, opts.heads) {
+            (false, _) => 0,
+            (true, Heads::Fixed(h)) => h,
+            (true, Heads::PerHead(c)) => out_channels / c.max(1),
+        };
+        if heads > 0 && !out_channels.is_multiple_of(heads) {
+            return Err(NetsError::Config(format!(
+                "attention: {out_channels} channels cannot be split into {heads} heads"
+            )));
+        }
+        let norm0 = GroupNorm::new(ctx, &vb.pp("norm0"), in_channels, opts.eps)?;
         let conv0 = Conv2d::new(
             ctx,
             &vb.pp("conv0"),
@@ -354,17 +460,18 @@ impl UNetBlock {
             3,
             sampling,
             f,
-            INIT,
+            opts.init,
         )?;
+        let affine_out = out_channels * if opts.adaptive_scale { 2 } else { 1 };
         let affine = Linear::new(
             ctx,
             &vb.pp("affine"),
             opts.emb_channels,
-            out_channels,
+            affine_out,
             true,
-            INIT,
+            opts.init,
         )?;
-        let norm1 = GroupNorm::new(ctx, &vb.pp("norm1"), out_channels, BLOCK_EPS)?;
+        let norm1 = GroupNorm::new(ctx, &vb.pp("norm1"), out_channels, opts.eps)?;
         let conv1 = Conv2d::new(
             ctx,
             &vb.pp("conv1"),
@@ -373,25 +480,28 @@ impl UNetBlock {
             3,
             Sampling::None,
             f,
-            INIT_ZERO,
+            opts.init_zero,
         )?;
-        // resample_proj = True: a 1x1 conv whenever channels change or the block resamples.
+        // A skip layer whenever channels change or the block resamples: a 1x1
+        // conv, or a parameter-free resampling (kernel 0) when only resampling
+        // without `resample_proj`.
         let skip = if out_channels != in_channels || sampling != Sampling::None {
+            let kernel = usize::from(opts.resample_proj || out_channels != in_channels);
             Some(Conv2d::new(
                 ctx,
                 &vb.pp("skip"),
                 in_channels,
                 out_channels,
-                1,
+                kernel,
                 sampling,
                 f,
-                INIT,
+                opts.init,
             )?)
         } else {
             None
         };
-        let attn = if attention {
-            let norm2 = GroupNorm::new(ctx, &vb.pp("norm2"), out_channels, BLOCK_EPS)?;
+        let attn = if heads > 0 {
+            let norm2 = GroupNorm::new(ctx, &vb.pp("norm2"), out_channels, opts.eps)?;
             let qkv = Conv2d::new(
                 ctx,
                 &vb.pp("qkv"),
@@ -400,7 +510,7 @@ impl UNetBlock {
                 1,
                 Sampling::None,
                 f,
-                init_attn(),
+                opts.init_attn,
             )?;
             let proj = Conv2d::new(
                 ctx,
@@ -410,9 +520,14 @@ impl UNetBlock {
                 1,
                 Sampling::None,
                 f,
-                INIT_ZERO,
+                opts.init_zero,
             )?;
-            Some((norm2, qkv, proj))
+            Some(Attention {
+                norm2,
+                qkv,
+                proj,
+                heads,
+            })
         } else {
             None
         };
@@ -425,14 +540,36 @@ impl UNetBlock {
             skip,
             attn,
             dropout: opts.dropout,
+            skip_scale: opts.skip_scale,
+            adaptive_scale: opts.adaptive_scale,
             in_channels,
         })
     }
 
+    fn scaled(&self, x: Tensor) -> Result<Tensor> {
+        Ok(if self.skip_scale == 1.0 {
+            x
+        } else {
+            (x * self.skip_scale)?
+        })
+    }
+
     pub(crate) fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.conv0.forward(&self.norm0.forward(x)?.silu()?)?;
+        let mut h = self.conv0.forward(&self.norm0.forward_silu(x)?)?;
         let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
-        h = self.norm1.forward(&h.broadcast_add(&params)?)?.silu()?;
+        h = if self.adaptive_scale {
+            // silu(shift + norm1(h) * (scale + 1)), scale first and shift second.
+            let c = h.dim(1)?;
+            let scale = (params.narrow(1, 0, c)? + 1.0)?;
+            let shift = params.narrow(1, c, c)?;
+            self.norm1
+                .forward(&h)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&shift)?
+                .silu()?
+        } else {
+            self.norm1.forward_silu(&h.broadcast_add(&params)?)?
+        };
         if train && self.dropout > 0.0 {
             h = candle_nn::ops::dropout(&h, self.dropout as f32)?;
         }
@@ -441,23 +578,26 @@ impl UNetBlock {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        h = ((h + skip)? * SKIP_SCALE)?;
+        h = self.scaled((h + skip)?)?;
 
-        if let Some((norm2, qkv, proj)) = &self.attn {
-            // One head: channels of the qkv output are laid out as (c, 3).
+        if let Some(attn) = &self.attn {
+            // The qkv channels are laid out as (head, c_head, 3).
             let (n, c, hh, ww) = h.dims4()?;
-            let l = hh * ww;
-            let qkv = qkv.forward(&norm2.forward(&h)?)?.reshape((n, c, 3, l))?;
+            let (b, ch, l) = (n * attn.heads, c / attn.heads, hh * ww);
+            let qkv = attn
+                .qkv
+                .forward(&attn.norm2.forward(&h)?)?
+                .reshape((b, ch, 3, l))?;
             let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
-            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (c as f64).sqrt())?;
+            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (ch as f64).sqrt())?;
             let v = qkv.narrow(2, 2, 1)?.squeeze(2)?.contiguous()?;
-            // w[n, q, k] = softmax_k(sum_c q[n,c,q] k[n,c,k] / sqrt(c))
+            // w[b, q, k] = softmax_k(sum_c q[b,c,q] k[b,c,k] / sqrt(c_head))
             let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
             let w = candle_nn::ops::softmax(&logits, D::Minus1)?;
-            // a[n, c, q] = sum_k w[n,q,k] v[n,c,k]
+            // a[b, c, q] = sum_k w[b,q,k] v[b,c,k]
             let a = v.matmul(&w.transpose(1, 2)?.contiguous()?)?;
             let a = a.reshape((n, c, hh, ww))?;
-            h = ((proj.forward(&a)? + h)? * SKIP_SCALE)?;
+            h = self.scaled((attn.proj.forward(&a)? + h)?)?;
         }
         Ok(h)
     }

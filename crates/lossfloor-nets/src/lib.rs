@@ -5,12 +5,20 @@
 //! (prefixed `model.` as inside EDM's preconditioners), EDM's initialisation
 //! and a forward pass built only from candle ops that have a backward pass.
 
+mod adm_config;
 mod config;
+mod dhariwal_unet;
+pub mod dit;
 mod init;
 mod layers;
+mod network;
 mod song_unet;
 
+pub use adm_config::DhariwalUNetConfig;
 pub use config::{DecoderType, EmbeddingType, EncoderType, SongUNetConfig};
+pub use dhariwal_unet::DhariwalUNet;
+pub use dit::{DiT, DiTConfig};
+pub use network::Network;
 pub use song_unet::SongUNet;
 
 /// Errors of this crate.

@@ -6,6 +6,7 @@ use candle_nn::{VarBuilder, VarMap};
 use crate::config::{DecoderType, EmbeddingType, EncoderType, SongUNetConfig};
 use crate::init::{Entry, PInit, ParamCtx};
 use crate::layers::{BlockOpts, Conv2d, GroupNorm, Linear, Sampling, UNetBlock, INIT, INIT_ZERO};
+use crate::network::Network;
 use crate::{NetsError, Result};
 
 /// Prefix of every tensor name, as inside EDM's preconditioners (`self.model`).
@@ -32,6 +33,7 @@ enum EncItem {
 enum DecItem {
     Block(Box<UNetBlock>),
     AuxUp(Conv2d),
+    /// `silu(aux_norm(x))`, consumed by the following `AuxConv`.
     AuxNorm(GroupNorm),
     AuxConv(Conv2d),
 }
@@ -84,11 +86,7 @@ impl SongUNet {
         let device = vb.device().clone();
         let emb_channels = cfg.emb_channels();
         let noise_channels = cfg.noise_channels();
-        let opts = BlockOpts {
-            emb_channels,
-            dropout: cfg.dropout,
-            filter: cfg.resample_filter.clone(),
-        };
+        let opts = BlockOpts::song(emb_channels, cfg.dropout, cfg.resample_filter.clone());
         let f = cfg.resample_filter.as_slice();
 
         // Mapping.
@@ -464,12 +462,12 @@ impl SongUNet {
                         out = Some(conv.forward(a)?);
                     }
                 }
-                DecItem::AuxNorm(norm) => tmp = Some(norm.forward(&x)?),
+                DecItem::AuxNorm(norm) => tmp = Some(norm.forward_silu(&x)?),
                 DecItem::AuxConv(conv) => {
                     let t = tmp
                         .take()
                         .ok_or_else(|| NetsError::Config("aux_conv without aux_norm".into()))?;
-                    let y = conv.forward(&t.silu()?)?;
+                    let y = conv.forward(&t)?;
                     out = Some(match out {
                         Some(a) => (y + a)?,
                         None => y,
@@ -487,5 +485,26 @@ impl SongUNet {
             }
         }
         out.ok_or_else(|| NetsError::Config("decoder produced no output".into()))
+    }
+}
+
+impl Network for SongUNet {
+    fn forward(
+        &self,
+        x: &Tensor,
+        noise_labels: &Tensor,
+        class_labels: Option<&Tensor>,
+        augment_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        SongUNet::forward(self, x, noise_labels, class_labels, augment_labels, train)
+    }
+
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.clone()
+    }
+
+    fn num_parameters(&self) -> usize {
+        SongUNet::num_parameters(self)
     }
 }

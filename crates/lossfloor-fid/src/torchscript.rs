@@ -1,0 +1,431 @@
+//! Reader for TorchScript / `torch.save` zip archives, without torch.
+//!
+//! A TorchScript archive is a zip holding `<root>/data.pkl` (a protocol-2 pickle of
+//! the module tree) and one raw little-endian file per tensor storage under
+//! `<root>/data/<key>`. Modules are pickled as `NEWOBJ` of a `__torch__.*` class
+//! followed by `BUILD` with a dict of attributes; tensors are
+//! `torch._utils._rebuild_tensor_v2(persistent_id(('storage', <StorageClass>, key,
+//! device, numel)), offset, size, stride, requires_grad, hooks)`.
+//!
+//! [`TorchScriptArchive::open`] walks the pickle (parsed with candle's
+//! [`candle_core::pickle::Stack`]) and flattens it into dotted names:
+//! tensors (`net.layers.conv.weight`), integer attributes and integer lists
+//! (`net.layers.conv.stride`, `…padding`), and the class of every module.
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use candle_core::pickle::{Object, Stack};
+use candle_core::{DType, Device, Tensor};
+
+use crate::FidError;
+
+/// Element type of a tensor storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDType {
+    F32,
+    F64,
+    F16,
+    I64,
+    U8,
+}
+
+impl StorageDType {
+    fn from_class(name: &str) -> Option<Self> {
+        Some(match name {
+            "FloatStorage" => Self::F32,
+            "DoubleStorage" => Self::F64,
+            "HalfStorage" => Self::F16,
+            "LongStorage" => Self::I64,
+            "ByteStorage" => Self::U8,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F64 | Self::I64 => 8,
+            Self::F16 => 2,
+            Self::U8 => 1,
+        }
+    }
+}
+
+/// Where a tensor lives in the archive and how to view its storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRecord {
+    /// Storage key (file name under `<root>/data/`).
+    pub storage_key: String,
+    pub dtype: StorageDType,
+    /// Offset into the storage, in elements.
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    /// Strides, in elements.
+    pub stride: Vec<usize>,
+}
+
+/// A non-tensor attribute of a module.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    IntList(Vec<i64>),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    None,
+}
+
+/// A parsed TorchScript (or zip `torch.save`) archive.
+#[derive(Debug)]
+pub struct TorchScriptArchive {
+    /// Zip member prefix, e.g. `out_jit_module/`.
+    root: String,
+    /// Tensors by dotted path.
+    pub tensors: BTreeMap<String, TensorRecord>,
+    /// Scalar / list attributes by dotted path.
+    pub attrs: BTreeMap<String, Attr>,
+    /// `module.Class` of every module by dotted path (`""` is the root).
+    pub classes: BTreeMap<String, String>,
+    storages: BTreeMap<String, Vec<u8>>,
+}
+
+fn bad(msg: impl Into<String>) -> FidError {
+    FidError::Archive(msg.into())
+}
+
+impl TorchScriptArchive {
+    /// Opens and parses an archive from a file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, FidError> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| FidError::io(path, e))?;
+        Self::from_reader(BufReader::new(file))
+    }
+
+    /// Parses an archive from any seekable reader; all storages are read into memory.
+    pub fn from_reader<R: Read + Seek>(reader: R) -> Result<Self, FidError> {
+        let mut zip = zip::ZipArchive::new(reader).map_err(|e| bad(format!("not a zip: {e}")))?;
+        let pkl_name = zip
+            .file_names()
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .min_by_key(|n| n.len())
+            .map(str::to_owned)
+            .ok_or_else(|| bad("no data.pkl in archive"))?;
+        let root = pkl_name[..pkl_name.len() - "data.pkl".len()].to_owned();
+
+        let mut pkl = Vec::new();
+        zip.by_name(&pkl_name)
+            .map_err(|e| bad(e.to_string()))?
+            .read_to_end(&mut pkl)
+            .map_err(|e| bad(e.to_string()))?;
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut std::io::Cursor::new(&pkl))
+            .map_err(|e| bad(format!("pickle: {e}")))?;
+        let top = stack.finalize().map_err(|e| bad(format!("pickle: {e}")))?;
+
+        let mut archive = Self {
+            root,
+            tensors: BTreeMap::new(),
+            attrs: BTreeMap::new(),
+            classes: BTreeMap::new(),
+            storages: BTreeMap::new(),
+        };
+        archive.walk(top, "")?;
+
+        let keys: Vec<String> = archive
+            .tensors
+            .values()
+            .map(|t| t.storage_key.clone())
+            .collect();
+        for key in keys {
+            if archive.storages.contains_key(&key) {
+                continue;
+            }
+            let name = format!("{}data/{}", archive.root, key);
+            let mut buf = Vec::new();
+            zip.by_name(&name)
+                .map_err(|e| bad(format!("{name}: {e}")))?
+                .read_to_end(&mut buf)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            archive.storages.insert(key, buf);
+        }
+        for (name, t) in &archive.tensors {
+            let len = archive.storages[&t.storage_key].len() / t.dtype.size();
+            let last = t.offset
+                + t.shape
+                    .iter()
+                    .zip(&t.stride)
+                    .map(|(&n, &s)| n.saturating_sub(1) * s)
+                    .sum::<usize>();
+            if t.shape.iter().all(|&n| n > 0) && last >= len {
+                return Err(bad(format!("tensor {name} overruns its storage")));
+            }
+        }
+        Ok(archive)
+    }
+
+    fn walk(&mut self, obj: Object, path: &str) -> Result<(), FidError> {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match obj {
+            // A module: NEWOBJ(class, ()) then BUILD(state dict).
+            Object::Build { callable, args } => {
+                let class = match *callable {
+                    Object::Reduce { callable, .. } => match *callable {
+                        Object::Class {
+                            module_name,
+                            class_name,
+                        } => format!("{module_name}.{class_name}"),
+                        other => return Err(bad(format!("{path}: unexpected {other:?}"))),
+                    },
+                    Object::Class {
+                        module_name,
+                        class_name,
+                    } => format!("{module_name}.{class_name}"),
+                    other => return Err(bad(format!("{path}: unexpected build target {other:?}"))),
+                };
+                self.classes.insert(path.to_owned(), class);
+                let Object::Dict(items) = *args else {
+                    return Err(bad(format!("{path}: module state is not a dict")));
+                };
+                for (k, v) in items {
+                    let Object::Unicode(k) = k else {
+                        return Err(bad(format!("{path}: non-string attribute name")));
+                    };
+                    self.walk(v, &join(&k))?;
+                }
+            }
+            // A plain dict of things (e.g. a state dict saved with torch.save).
+            Object::Dict(items) => {
+                for (k, v) in items {
+                    let k = match k {
+                        Object::Unicode(k) => k,
+                        Object::Int(i) => i.to_string(),
+                        other => return Err(bad(format!("{path}: key {other:?}"))),
+                    };
+                    self.walk(v, &join(&k))?;
+                }
+            }
+            Object::Reduce { callable, args } => {
+                let (module, class) = match &*callable {
+                    Object::Class {
+                        module_name,
+                        class_name,
+                    } => (module_name.as_str(), class_name.as_str()),
+                    other => return Err(bad(format!("{path}: cannot call {other:?}"))),
+                };
+                match (module, class) {
+                    ("torch._utils", "_rebuild_tensor_v2") => {
+                        let rec = tensor_record(*args).map_err(|e| bad(format!("{path}: {e}")))?;
+                        self.tensors.insert(path.to_owned(), rec);
+                    }
+                    ("torch._utils", "_rebuild_parameter") => {
+                        let mut a = tuple(*args, path)?;
+                        if a.is_empty() {
+                            return Err(bad(format!("{path}: empty _rebuild_parameter")));
+                        }
+                        self.walk(a.swap_remove(0), path)?;
+                    }
+                    ("torch.jit._pickle", "build_intlist") => {
+                        let mut a = tuple(*args, path)?;
+                        let list = match a.pop() {
+                            Some(Object::List(l)) | Some(Object::Tuple(l)) => l,
+                            other => return Err(bad(format!("{path}: intlist {other:?}"))),
+                        };
+                        let ints = list
+                            .into_iter()
+                            .map(|o| o.int_or_long())
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|o| bad(format!("{path}: intlist item {o:?}")))?;
+                        self.attrs.insert(path.to_owned(), Attr::IntList(ints));
+                    }
+                    // A module whose state was never BUILT (no attributes).
+                    _ if module.starts_with("__torch__") => {
+                        self.classes
+                            .insert(path.to_owned(), format!("{module}.{class}"));
+                    }
+                    _ => return Err(bad(format!("{path}: unsupported call {module}.{class}"))),
+                }
+            }
+            Object::Int(i) => {
+                self.attrs.insert(path.to_owned(), Attr::Int(i as i64));
+            }
+            Object::Long(i) => {
+                self.attrs.insert(path.to_owned(), Attr::Int(i));
+            }
+            Object::Float(f) => {
+                self.attrs.insert(path.to_owned(), Attr::Float(f));
+            }
+            Object::Bool(b) => {
+                self.attrs.insert(path.to_owned(), Attr::Bool(b));
+            }
+            Object::Unicode(s) => {
+                self.attrs.insert(path.to_owned(), Attr::Str(s));
+            }
+            Object::None => {
+                self.attrs.insert(path.to_owned(), Attr::None);
+            }
+            Object::List(items) | Object::Tuple(items) => {
+                if let Ok(ints) = items
+                    .iter()
+                    .map(|o| o.clone().int_or_long())
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    self.attrs.insert(path.to_owned(), Attr::IntList(ints));
+                } else {
+                    for (i, v) in items.into_iter().enumerate() {
+                        self.walk(v, &join(&i.to_string()))?;
+                    }
+                }
+            }
+            other => return Err(bad(format!("{path}: unsupported object {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Integer attribute (an `int`) or the single value of a one-element list.
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.attrs.get(name)? {
+            Attr::Int(i) => Some(*i),
+            Attr::IntList(l) if l.len() == 1 => Some(l[0]),
+            _ => None,
+        }
+    }
+
+    /// Integer list attribute; a scalar `int` is returned as a one-element list.
+    pub fn int_list(&self, name: &str) -> Option<Vec<i64>> {
+        match self.attrs.get(name)? {
+            Attr::Int(i) => Some(vec![*i]),
+            Attr::IntList(l) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// Reads a tensor's elements as f64 in row-major (C) order, honouring offset and strides.
+    pub fn tensor_f64(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>), FidError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| bad(format!("missing tensor {name}")))?;
+        let bytes = &self.storages[&t.storage_key];
+        let elem = |i: usize| -> f64 {
+            let s = i * t.dtype.size();
+            match t.dtype {
+                StorageDType::F32 => f32::from_le_bytes(bytes[s..s + 4].try_into().unwrap()) as f64,
+                StorageDType::F64 => f64::from_le_bytes(bytes[s..s + 8].try_into().unwrap()),
+                StorageDType::F16 => {
+                    f16_to_f32(u16::from_le_bytes([bytes[s], bytes[s + 1]])) as f64
+                }
+                StorageDType::I64 => i64::from_le_bytes(bytes[s..s + 8].try_into().unwrap()) as f64,
+                StorageDType::U8 => bytes[s] as f64,
+            }
+        };
+        let numel: usize = t.shape.iter().product();
+        let mut out = Vec::with_capacity(numel);
+        let mut idx = vec![0usize; t.shape.len()];
+        for _ in 0..numel {
+            let pos = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+            out.push(elem(pos));
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < t.shape[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Ok((t.shape.clone(), out))
+    }
+
+    /// Reads a tensor as a contiguous f32 candle tensor.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, FidError> {
+        let (shape, data) = self.tensor_f64(name)?;
+        Ok(Tensor::from_vec(data, shape, device)?.to_dtype(DType::F32)?)
+    }
+}
+
+fn tuple(obj: Object, path: &str) -> Result<Vec<Object>, FidError> {
+    obj.tuple()
+        .map_err(|o| bad(format!("{path}: expected tuple, got {o:?}")))
+}
+
+fn usizes(obj: Object) -> Result<Vec<usize>, String> {
+    let items = match obj {
+        Object::Tuple(v) | Object::List(v) => v,
+        other => return Err(format!("expected tuple, got {other:?}")),
+    };
+    items
+        .into_iter()
+        .map(|o| match o.int_or_long() {
+            Ok(i) if i >= 0 => Ok(i as usize),
+            Ok(i) => Err(format!("negative {i}")),
+            Err(o) => Err(format!("expected int, got {o:?}")),
+        })
+        .collect()
+}
+
+/// Parses the arguments of `_rebuild_tensor_v2`.
+fn tensor_record(args: Object) -> Result<TensorRecord, String> {
+    let mut a = match args {
+        Object::Tuple(a) if a.len() >= 4 => a,
+        other => return Err(format!("bad _rebuild_tensor_v2 args {other:?}")),
+    };
+    let stride = usizes(a.remove(3))?;
+    let shape = usizes(a.remove(2))?;
+    let offset = a
+        .remove(1)
+        .int_or_long()
+        .map_err(|o| format!("bad offset {o:?}"))? as usize;
+    let storage = match a.remove(0) {
+        Object::PersistentLoad(id) => *id,
+        other => return Err(format!("expected persistent id, got {other:?}")),
+    };
+    let s = match storage {
+        Object::Tuple(s) if s.len() >= 3 => s,
+        other => return Err(format!("bad storage id {other:?}")),
+    };
+    let dtype = match &s[1] {
+        Object::Class { class_name, .. } => StorageDType::from_class(class_name)
+            .ok_or_else(|| format!("unsupported storage {class_name}"))?,
+        other => return Err(format!("bad storage class {other:?}")),
+    };
+    let storage_key = match &s[2] {
+        Object::Unicode(k) => k.clone(),
+        other => return Err(format!("bad storage key {other:?}")),
+    };
+    if shape.len() != stride.len() {
+        return Err("shape and stride ranks differ".into());
+    }
+    Ok(TensorRecord {
+        storage_key,
+        dtype,
+        offset,
+        shape,
+        stride,
+    })
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: value = m * 2^-24.
+            let v = m as f32 * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
