@@ -285,10 +285,10 @@ impl Module for ConvBn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (ph, pw) = self.padding;
         let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
+            lossfloor_ops::conv2d(x, &self.weight, None, self.stride, ph)?
         } else {
             let x = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
-            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
+            lossfloor_ops::conv2d(&x, &self.weight, None, self.stride, 0)?
         };
         y.broadcast_add(&self.bias)?.relu()
     }
