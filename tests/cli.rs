@@ -247,3 +247,138 @@ fn fashion_mnist_curve_has_the_expected_shape() {
         pts[2]
     );
 }
+
+#[test]
+fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref.npz");
+    let r = reference.to_str().unwrap();
+    // Missing weights: the message says how to fetch them, nothing is written.
+    let o = Command::new(env!("CARGO_BIN_EXE_lossfloor"))
+        .args([
+            "fid",
+            "ref",
+            "--data",
+            "fashion-mnist:test",
+            "--limit",
+            "8",
+            "--out",
+            r,
+        ])
+        .env("LOSSFLOOR_INCEPTION", "/nonexistent/inception.pt")
+        .output()
+        .unwrap();
+    assert_fails(&o, &["fetch-inception.sh"], &[&reference]);
+
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weights/inception-2015-12-05.pt");
+    let fashion = Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
+    if !weights.exists() || !fashion.exists() {
+        eprintln!("skipped: needs scripts/fetch-inception.sh and dataset-fashion-mnist");
+        return;
+    }
+    let w = weights.to_str().unwrap();
+    let o = lossfloor(&[
+        "fid",
+        "ref",
+        "--data",
+        "fashion-mnist:test",
+        "--limit",
+        "24",
+        "--out",
+        r,
+        "--weights",
+        w,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same 24 images as a uint8 .npy: FID 0 up to float64 rounding.
+    let npy = dir.path().join("same.npy");
+    let data = lossfloor_data::load(&"fashion-mnist:test".parse().unwrap())
+        .unwrap()
+        .take_first(24);
+    let mut scratch = Vec::new();
+    let bytes: Vec<u8> = data
+        .rows(0, 24, &mut scratch)
+        .iter()
+        .map(|&x| ((x + 1.0) * 127.5).round() as u8)
+        .collect();
+    write_npy_u8(&npy, &[24, 1, 28, 28], &bytes);
+    let result = dir.path().join("fid.json");
+    let o = lossfloor(&[
+        "fid",
+        "calc",
+        "--images",
+        npy.to_str().unwrap(),
+        "--ref",
+        r,
+        "--num",
+        "24",
+        "--weights",
+        w,
+        "--out",
+        result.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert!(json["fid"].as_f64().unwrap().abs() < 1e-6, "{json}");
+    assert_eq!(json["num_images"], 24);
+    // Other images (training set) are a positive distance away.
+    let other = dir.path().join("other.npy");
+    let train = lossfloor_data::load(&"fashion-mnist".parse().unwrap())
+        .unwrap()
+        .take_first(24);
+    let bytes: Vec<u8> = train
+        .rows(0, 24, &mut scratch)
+        .iter()
+        .map(|&x| ((x + 1.0) * 127.5).round() as u8)
+        .collect();
+    write_npy_u8(&other, &[24, 1, 28, 28], &bytes);
+    let o = lossfloor(&[
+        "fid",
+        "calc",
+        "--images",
+        other.to_str().unwrap(),
+        "--ref",
+        r,
+        "--num",
+        "24",
+        "--weights",
+        w,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let fid: f64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(fid > 1.0, "{text}");
+    // Asking for more images than there are is an error.
+    let o = lossfloor(&[
+        "fid",
+        "calc",
+        "--images",
+        npy.to_str().unwrap(),
+        "--ref",
+        r,
+        "--num",
+        "25",
+        "--weights",
+        w,
+    ]);
+    assert_fails(&o, &["24 images found", "--num asks for 25"], &[]);
+}
+
+fn write_npy_u8(path: &Path, shape: &[usize], values: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&h);
+    bytes.extend_from_slice(values);
+    std::fs::write(path, bytes).unwrap();
+}

@@ -3,7 +3,9 @@
 mod curve_cmd;
 mod data_rows;
 mod estimate;
+mod fid_cmd;
 mod plot;
+mod sample;
 mod sigmas;
 
 use std::process::ExitCode;
@@ -33,6 +35,11 @@ enum Command {
     Estimate(estimate::EstimateArgs),
     Curve(curve_cmd::CurveArgs),
     Plot(curve_cmd::PlotArgs),
+    Fid(fid_cmd::FidArgs),
+    /// Train a diffusion model from a TOML config, logging every loss against the optimal loss.
+    Train(lossfloor_train::TrainArgs),
+    /// Generate images from a network checkpoint with EDM's sampler.
+    Sample(sample::SampleArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,9 @@ fn main() -> ExitCode {
         Command::Estimate(args) => estimate::run(args),
         Command::Curve(args) => curve_cmd::run_curve(args),
         Command::Plot(args) => curve_cmd::run_plot(args),
+        Command::Fid(args) => fid_cmd::run(args),
+        Command::Train(args) => lossfloor_train::run_train(args),
+        Command::Sample(args) => sample::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! and a forward pass built only from candle ops that have a backward pass.
 
 mod adm_config;
+pub mod checkpoint;
 mod config;
 mod dhariwal_unet;
 pub mod dit;

@@ -32,6 +32,7 @@
 pub mod denoiser;
 pub mod error;
 pub mod io;
+pub mod net_denoiser;
 pub mod sampler;
 pub mod seeds;
 

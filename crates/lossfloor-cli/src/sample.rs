@@ -1,0 +1,349 @@
+//! `lossfloor sample`: images from a network checkpoint with EDM's sampler.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_nets::checkpoint::{load_network, load_network_with_config, LoadedNetwork};
+use lossfloor_sampler::net_denoiser::loaded_denoiser;
+use lossfloor_sampler::{
+    image_path, latents_from_npy, one_hot, parse_seeds, random_class, sample, save_grid_png,
+    save_npy_f32, save_png, to_uint8, HeunConfig, SeedRng, Solver,
+};
+
+/// ODE solver of the sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SolverArg {
+    /// Second order (EDM's default): 2·steps − 1 network evaluations.
+    Heun,
+    /// First order: one evaluation per step.
+    Euler,
+}
+
+/// Generate images from a network checkpoint with EDM's sampler (Algorithm 2).
+///
+/// The checkpoint is a lossfloor network file (safetensors that describe their network and
+/// preconditioning), or a plain state dict together with --config, a TOML file with
+/// [network] (arch = "songunet" | "dhariwal" | "dit" plus the reference option names) and
+/// [precond] (process = "vp" | "ve" | "edm" | "iddpm" | "fm" | "sd3"; sigma_data for edm).
+/// Each seed has its own random stream for its latents, churn noise and class label, so an
+/// image depends only on its seed, not on the batch it was drawn in. Outputs (at least one):
+/// a PNG grid, one PNG per image (EDM's file names) and the raw float32 samples [N, C, H, W]
+/// as .npy. Pixels are clamp(x·127.5 + 128, 0, 255). Nothing is written unless sampling
+/// succeeds; every file is written atomically.
+///
+/// Example: lossfloor sample --checkpoint net.safetensors --seeds 0-63 --steps 18 --grid grid.png
+#[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct SampleArgs {
+    /// Network checkpoint (.safetensors)
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// TOML description of a plain state-dict checkpoint ([network], [precond])
+    #[arg(long, value_name = "TOML")]
+    config: Option<PathBuf>,
+    /// Image seeds, e.g. 0-63 or 0,5,10-19 (default 0-63; with --latents, 0..N-1)
+    #[arg(long, value_name = "LIST")]
+    seeds: Option<String>,
+    /// Number of time steps N (Heun: 2N − 1 network evaluations)
+    #[arg(long, default_value_t = 18)]
+    steps: usize,
+    /// Write all images as one PNG grid
+    #[arg(long, value_name = "PNG")]
+    grid: Option<PathBuf>,
+    /// Columns of the grid (default ⌈√N⌉)
+    #[arg(long, value_name = "K")]
+    grid_cols: Option<usize>,
+    /// Write one PNG per image, OUTDIR/<seed:06>.png (created if missing)
+    #[arg(long, value_name = "DIR")]
+    outdir: Option<PathBuf>,
+    /// With --outdir: EDM's subfolders OUTDIR/<seed − seed % 1000:06>/<seed:06>.png
+    #[arg(long)]
+    subdirs: bool,
+    /// Write the raw float32 samples [N, C, H, W] as .npy
+    #[arg(long, value_name = "NPY")]
+    out_npy: Option<PathBuf>,
+    /// Start from these standard-normal latents (.npy, [N, C, H, W]) instead of the seeds'
+    #[arg(long, value_name = "NPY")]
+    latents: Option<PathBuf>,
+    /// Images per batch
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Class label of every image (class-conditional networks; default: drawn per seed)
+    #[arg(long, value_name = "K")]
+    class: Option<usize>,
+    /// Smallest noise level σ_min
+    #[arg(long, default_value_t = 0.002)]
+    sigma_min: f64,
+    /// Largest noise level σ_max
+    #[arg(long, default_value_t = 80.0)]
+    sigma_max: f64,
+    /// ρ of the time-step schedule
+    #[arg(long, default_value_t = 7.0)]
+    rho: f64,
+    /// S_churn: stochasticity (0 = deterministic)
+    #[arg(long, default_value_t = 0.0)]
+    s_churn: f64,
+    /// S_min: churn only for σ ≥ S_min
+    #[arg(long, default_value_t = 0.0)]
+    s_min: f64,
+    /// S_max: churn only for σ ≤ S_max
+    #[arg(long, default_value_t = f64::INFINITY)]
+    s_max: f64,
+    /// S_noise: scale of the churn noise
+    #[arg(long, default_value_t = 1.0)]
+    s_noise: f64,
+    /// ODE solver
+    #[arg(long, value_enum, default_value = "heun")]
+    solver: SolverArg,
+}
+
+/// Checks that `path` can be created as a file: its folder exists and is writable, and
+/// `path` itself is not a folder.
+fn check_output_file(path: &Path, what: &str) -> Result<()> {
+    if path.is_dir() {
+        bail!("{what} {} is a folder", path.display());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check_writable_dir(&dir).with_context(|| format!("{what} {}", path.display()))
+}
+
+/// Checks that `dir` is an existing folder we can create files in.
+fn check_writable_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("folder {} does not exist", dir.display());
+    }
+    let probe = dir.join(format!(".lossfloor-sample-probe{}", std::process::id()));
+    fs::File::create(&probe)
+        .with_context(|| format!("folder {} is not writable", dir.display()))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks that `--outdir` exists as a writable folder or can be created (its nearest
+/// existing ancestor is a writable folder).
+fn check_outdir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("--outdir {} exists and is not a folder", dir.display());
+        }
+        return check_writable_dir(dir).context("--outdir");
+    }
+    let mut anc = dir.parent();
+    while let Some(a) = anc {
+        let a = if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        };
+        if a.exists() {
+            if !a.is_dir() {
+                bail!(
+                    "--outdir {}: {} is not a folder",
+                    dir.display(),
+                    a.display()
+                );
+            }
+            return check_writable_dir(a)
+                .with_context(|| format!("--outdir {} cannot be created", dir.display()));
+        }
+        anc = a.parent();
+    }
+    Ok(())
+}
+
+fn load(args: &SampleArgs, device: &Device) -> Result<LoadedNetwork> {
+    if !args.checkpoint.is_file() {
+        bail!(
+            "checkpoint {} does not exist or is not a file",
+            args.checkpoint.display()
+        );
+    }
+    let loaded = match &args.config {
+        Some(cfg) => load_network_with_config(&args.checkpoint, cfg, device)?,
+        None => load_network(&args.checkpoint, device)?,
+    };
+    Ok(loaded)
+}
+
+/// Runs `lossfloor sample`.
+pub fn run(args: SampleArgs) -> Result<()> {
+    let device = Device::Cpu;
+
+    // Everything that can be checked before loading and sampling.
+    if args.grid.is_none() && args.outdir.is_none() && args.out_npy.is_none() {
+        bail!("no output requested: give --grid, --outdir and/or --out-npy");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.grid_cols == Some(0) {
+        bail!("--grid-cols must be at least 1");
+    }
+    let cfg = HeunConfig {
+        num_steps: args.steps,
+        sigma_min: args.sigma_min,
+        sigma_max: args.sigma_max,
+        rho: args.rho,
+        s_churn: args.s_churn,
+        s_min: args.s_min,
+        s_max: args.s_max,
+        s_noise: args.s_noise,
+        solver: match args.solver {
+            SolverArg::Heun => Solver::Heun,
+            SolverArg::Euler => Solver::Euler,
+        },
+    };
+    cfg.validate().context("sampler settings")?;
+    let seeds_given = match &args.seeds {
+        Some(s) => Some(parse_seeds(s)?),
+        None => None,
+    };
+    if let Some(p) = &args.grid {
+        check_output_file(p, "--grid")?;
+    }
+    if let Some(p) = &args.out_npy {
+        check_output_file(p, "--out-npy")?;
+    }
+    if let Some(d) = &args.outdir {
+        check_outdir(d)?;
+    }
+    if let Some(p) = &args.latents {
+        if !p.is_file() {
+            bail!("latents file {} does not exist", p.display());
+        }
+    }
+
+    let t0 = Instant::now();
+    let loaded = load(&args, &device)?;
+    let spec = &loaded.spec;
+    let (c, r) = (spec.img_channels(), spec.img_resolution());
+    let label_dim = spec.label_dim();
+    eprintln!(
+        "network: {} ({:.2} M parameters), process {}, {c}x{r}x{r}{}, loaded in {:.1} s",
+        spec.arch(),
+        loaded.network.num_parameters() as f64 / 1e6,
+        loaded.precond.process,
+        if label_dim > 0 {
+            format!(", {label_dim} classes")
+        } else {
+            String::new()
+        },
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Latents and seeds.
+    let latents_file = match &args.latents {
+        Some(p) => Some(latents_from_npy(p, [c, r, r], &device)?),
+        None => None,
+    };
+    let seeds: Vec<u64> = match (&seeds_given, &latents_file) {
+        (Some(s), Some(l)) => {
+            let n = l.dim(0)?;
+            if n != s.len() {
+                bail!(
+                    "--latents has {n} images but --seeds lists {} seeds",
+                    s.len()
+                );
+            }
+            s.clone()
+        }
+        (Some(s), None) => s.clone(),
+        (None, Some(l)) => (0..l.dim(0)? as u64).collect(),
+        (None, None) => (0..64).collect(),
+    };
+    let n = seeds.len();
+
+    // Class labels.
+    let labels: Option<Vec<usize>> = match (label_dim, args.class) {
+        (0, Some(_)) => bail!("--class given, but the network is unconditional"),
+        (0, None) => None,
+        (k, Some(cls)) if cls >= k => bail!("--class {cls} out of range 0..{k}"),
+        (_, Some(cls)) => Some(vec![cls; n]),
+        (k, None) => Some(
+            seeds
+                .iter()
+                .map(|&s| random_class(s, k))
+                .collect::<lossfloor_sampler::Result<_>>()?,
+        ),
+    };
+
+    let denoiser = loaded_denoiser(&loaded)?;
+    eprintln!(
+        "sampling {n} images, {} steps ({} network evaluations each), batch {}",
+        cfg.num_steps,
+        cfg.nfe(),
+        args.batch
+    );
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(
+            "sample [{bar:40}] {pos}/{len} images, {elapsed_precise} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let t1 = Instant::now();
+    let mut pixels = Vec::new();
+    let mut raw = Vec::new();
+    for start in (0..n).step_by(args.batch) {
+        let end = (start + args.batch).min(n);
+        let batch_seeds = &seeds[start..end];
+        let mut rng = SeedRng::new(batch_seeds);
+        let latents = match &latents_file {
+            Some(l) => l.narrow(0, start, end - start)?,
+            None => rng.randn(&[c, r, r], &device)?,
+        };
+        let class = match &labels {
+            Some(l) => Some(one_hot(&l[start..end], label_dim, &device)?),
+            None => None,
+        };
+        let x = sample(&denoiser, &latents, class.as_ref(), &cfg, &mut |s| {
+            rng.randn_like(s, &device)
+        })
+        .with_context(|| format!("sampling seeds {}..={}", seeds[start], seeds[end - 1]))?;
+        pixels.push(to_uint8(&x)?);
+        if args.out_npy.is_some() {
+            raw.push(x);
+        }
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    let secs = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "sampled {n} images in {secs:.1} s ({:.3} s per image)",
+        secs / n as f64
+    );
+
+    // Outputs, only now that every batch succeeded.
+    let pixels = Tensor::cat(&pixels, 0)?;
+    if let Some(p) = &args.out_npy {
+        save_npy_f32(p, &Tensor::cat(&raw, 0)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &args.grid {
+        let cols = args
+            .grid_cols
+            .unwrap_or_else(|| (n as f64).sqrt().ceil() as usize);
+        save_grid_png(p, &pixels, cols)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(dir) = &args.outdir {
+        for (k, &seed) in seeds.iter().enumerate() {
+            let path = image_path(dir, seed, args.subdirs);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            save_png(&path, &pixels.get(k)?)?;
+        }
+        eprintln!("wrote {n} images to {}", dir.display());
+    }
+    Ok(())
+}

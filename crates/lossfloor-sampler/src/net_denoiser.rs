@@ -1,0 +1,69 @@
+//! A [`Denoiser`] for a loaded network: D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise)
+//! with the coefficients of the checkpoint's process (EDM's `*Precond` classes).
+
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor};
+use lossfloor_core::{Edm, Process, ProcessKind};
+use lossfloor_nets::checkpoint::{LoadedNetwork, PrecondSpec};
+use lossfloor_nets::Network;
+
+use crate::denoiser::PrecondDenoiser;
+use crate::error::{Result, SamplerError};
+
+/// The raw-network closure of a [`NetworkDenoiser`]: `(c_in·x, c_noise, class_labels) -> F`.
+pub type NetFn<'a> = Box<dyn Fn(&Tensor, f64, Option<&Tensor>) -> candle_core::Result<Tensor> + 'a>;
+
+/// A preconditioned network as a [`crate::Denoiser`].
+pub type NetworkDenoiser<'a> = PrecondDenoiser<NetFn<'a>>;
+
+/// The process of a checkpoint's preconditioning: the named process with its default
+/// hyper-parameters, except EDM's σ_data (EDM's P_mean / P_std do not affect sampling).
+pub fn process_from_spec(spec: &PrecondSpec) -> Result<Box<dyn Process>> {
+    let kind = ProcessKind::from_str(&spec.process)
+        .map_err(|e| SamplerError::Invalid(format!("checkpoint preconditioning: {e}")))?;
+    Ok(match (kind, spec.sigma_data) {
+        (ProcessKind::Edm, Some(sd)) => Box::new(Edm::new(sd, Edm::P_MEAN, Edm::P_STD)),
+        _ => kind.build(),
+    })
+}
+
+/// Wraps `network` (in eval mode, no augmentation labels) with the preconditioning of
+/// `precond`. `img_channels` is the number of image channels C: networks with more
+/// output channels (iDDPM and DiT with `learn_sigma` predict 2C) contribute their first
+/// C, as EDM's `iDDPMPrecond` does. Class labels are passed as given (one-hot
+/// `[N, label_dim]`, or `None` for an unconditional network).
+pub fn network_denoiser<'a>(
+    network: &'a dyn Network,
+    precond: &PrecondSpec,
+    img_channels: usize,
+) -> Result<NetworkDenoiser<'a>> {
+    let process = process_from_spec(precond)?;
+    let f: NetFn<'a> = Box::new(move |x: &Tensor, c_noise: f64, labels: Option<&Tensor>| {
+        let n = x.dim(0)?;
+        let noise = Tensor::full(c_noise as f32, n, x.device())?;
+        let labels = labels.map(|l| l.to_dtype(DType::F32)).transpose()?;
+        let out = network
+            .forward(x, &noise, labels.as_ref(), None, false)
+            .map_err(|e| candle_core::Error::Msg(format!("network forward: {e}")))?;
+        let c = out.dim(1)?;
+        if c < img_channels {
+            candle_core::bail!("network output has {c} channels, expected at least {img_channels}")
+        }
+        if c > img_channels {
+            out.narrow(1, 0, img_channels)?.contiguous()
+        } else {
+            Ok(out)
+        }
+    });
+    Ok(PrecondDenoiser::new(process, f))
+}
+
+/// [`network_denoiser`] for a checkpoint loaded by `lossfloor_nets::checkpoint`.
+pub fn loaded_denoiser(loaded: &LoadedNetwork) -> Result<NetworkDenoiser<'_>> {
+    network_denoiser(
+        loaded.network.as_ref(),
+        &loaded.precond,
+        loaded.spec.img_channels(),
+    )
+}

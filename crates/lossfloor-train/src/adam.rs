@@ -1,0 +1,134 @@
+//! Adam with saveable state, the learning-rate schedule and gradient clean-up.
+//!
+//! The update follows `torch.optim.Adam` (single-tensor path) exactly, per parameter θ
+//! with gradient g at step t (counted from 1):
+//!
+//! ```text
+//! θ ← θ·(1 − lr·wd)                        (decoupled weight decay, only when wd > 0)
+//! m ← β1·m + (1 − β1)·g
+//! v ← β2·v + (1 − β2)·g²
+//! θ ← θ − (lr/(1 − β1^t)) · m / (√v/√(1 − β2^t) + ε)
+//! ```
+
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+
+use crate::config::OptimizerConfig;
+
+/// Adam state: the step count and the first / second moments of every parameter, in the
+/// order of the parameter list it was created for.
+#[derive(Debug)]
+pub struct Adam {
+    /// β1.
+    pub beta1: f64,
+    /// β2.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Steps taken so far.
+    pub step: u64,
+    /// First moments m.
+    pub m: Vec<Tensor>,
+    /// Second moments v.
+    pub v: Vec<Tensor>,
+}
+
+impl Adam {
+    /// Zero moments for `vars`.
+    pub fn new(vars: &[Var], cfg: &OptimizerConfig) -> Result<Self> {
+        let zeros = |v: &Var| v.as_tensor().zeros_like();
+        Ok(Self {
+            beta1: cfg.betas[0],
+            beta2: cfg.betas[1],
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+            step: 0,
+            m: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+            v: vars.iter().map(zeros).collect::<candle_core::Result<_>>()?,
+        })
+    }
+
+    /// One update of every var with its gradient (same order), at learning rate `lr`.
+    pub fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64) -> Result<()> {
+        anyhow::ensure!(
+            vars.len() == grads.len() && vars.len() == self.m.len(),
+            "Adam: {} vars, {} gradients, {} moments",
+            vars.len(),
+            grads.len(),
+            self.m.len()
+        );
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
+            let mut theta = var.as_tensor().clone();
+            if self.weight_decay > 0.0 {
+                theta = theta.affine(1.0 - lr * self.weight_decay, 0.0)?;
+            }
+            let m = (self.m[i].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
+            let v =
+                (self.v[i].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let denom = v.sqrt()?.affine(1.0 / bc2_sqrt, self.eps)?;
+            let update = m.div(&denom)?.affine(-step_size, 0.0)?;
+            var.set(&(theta + update)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+}
+
+/// Learning rate after `nimg` images: lr·min(nimg/rampup, 1) (EDM; no ramp-up when
+/// `rampup_kimg` is 0) divided by √max(nimg/decay, 1) when `decay_kimg` is set (EDM2).
+pub fn learning_rate(cfg: &OptimizerConfig, nimg: u64) -> f64 {
+    let kimg = nimg as f64 / 1000.0;
+    let mut lr = cfg.lr;
+    if cfg.rampup_kimg > 0.0 {
+        lr *= (kimg / cfg.rampup_kimg).min(1.0);
+    }
+    if let Some(d) = cfg.decay_kimg {
+        lr /= (kimg / d).max(1.0).sqrt();
+    }
+    lr
+}
+
+/// EDM's `nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)`.
+pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
+    let zero = g.zeros_like()?;
+    let big = Tensor::full(1e5f32, g.shape(), g.device())?.to_dtype(g.dtype())?;
+    let g = g.ne(g)?.where_cond(&zero, g)?;
+    let inf = Tensor::full(f32::INFINITY, g.shape(), g.device())?.to_dtype(g.dtype())?;
+    let g = g.eq(&inf)?.where_cond(&big, &g)?;
+    let g = g.eq(&inf.neg()?)?.where_cond(&big.neg()?, &g)?;
+    Ok(g)
+}
+
+/// Global L2 norm of all gradients.
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut s = 0.0f64;
+    for g in grads {
+        s += g
+            .to_dtype(candle_core::DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(s.sqrt())
+}
+
+/// Scales the gradients so their global norm is at most `max_norm`; returns the norm
+/// before clipping.
+pub fn clip_global_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let norm = global_norm(grads)?;
+    if norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        for g in grads.iter_mut() {
+            *g = g.affine(s, 0.0)?;
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,717 @@
+//! The training configuration: a TOML file with the sections `[data]`, `[network]`,
+//! `[precond]`, `[loss]`, `[schedule]`, `[optimizer]`, `[ema]`, `[train]`, `[sample]` and
+//! `[optimal_loss]` (every key is documented in `docs/config.md`).
+//!
+//! Unknown keys are rejected by name, `--set key.sub=value` overrides are applied to the
+//! parsed TOML before it is checked (values are parsed as TOML, falling back to a string),
+//! and [`Config::to_toml`] gives the resolved config that is written into the run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use candle_nn::VarMap;
+use lossfloor_core::{Edm, Process, ProcessKind};
+use lossfloor_nets::{
+    DhariwalUNet, DhariwalUNetConfig, DiT, DiTConfig, Network, SongUNet, SongUNetConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Training data.
+    pub data: DataConfig,
+    /// The raw network F.
+    pub network: NetworkConfig,
+    /// Preconditioning (the process whose c_skip, c_out, c_in, c_noise wrap F).
+    #[serde(default)]
+    pub precond: PrecondConfig,
+    /// Loss weighting.
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// Noise-level schedule p(σ̂).
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Adam and the learning-rate schedule.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Exponential moving average of the weights.
+    #[serde(default)]
+    pub ema: EmaConfig,
+    /// Batch, duration, seeds, intervals, device.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Sample grids written during training.
+    #[serde(default)]
+    pub sample: SampleConfig,
+    /// The optimal-loss curve J*(σ̂) of the training data.
+    #[serde(default)]
+    pub optimal_loss: OptimalLossConfig,
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A `lossfloor_data::DataSpec` string (`cifar10:DIR`, `fashion-mnist`, `npy:FILE`, …).
+    pub spec: String,
+    /// Add x-flipped copies (doubles the rows).
+    #[serde(default)]
+    pub xflip: bool,
+    /// Use only the first N images (before x-flip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `[network]`: `arch` plus the keys of that architecture's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch")]
+pub enum NetworkConfig {
+    /// EDM's SongUNet (DDPM++ / NCSN++).
+    #[serde(rename = "songunet")]
+    SongUNet(SongUNetConfig),
+    /// EDM's DhariwalUNet (ADM).
+    #[serde(rename = "dhariwal")]
+    Dhariwal(DhariwalUNetConfig),
+    /// DiT.
+    #[serde(rename = "dit")]
+    DiT(DiTConfig),
+}
+
+impl NetworkConfig {
+    /// Architecture name as written in configs.
+    pub fn arch(&self) -> &'static str {
+        match self {
+            NetworkConfig::SongUNet(_) => "songunet",
+            NetworkConfig::Dhariwal(_) => "dhariwal",
+            NetworkConfig::DiT(_) => "dit",
+        }
+    }
+
+    /// Builds the network with its parameters registered in `varmap`.
+    pub fn build(&self, varmap: &VarMap, device: &Device, seed: u64) -> Result<Box<dyn Network>> {
+        Ok(match self {
+            NetworkConfig::SongUNet(c) => Box::new(SongUNet::new(c, varmap, device, seed)?),
+            NetworkConfig::Dhariwal(c) => Box::new(DhariwalUNet::new(c, varmap, device, seed)?),
+            NetworkConfig::DiT(c) => Box::new(DiT::new(c, varmap, device, seed)?),
+        })
+    }
+
+    /// (channels, resolution) of the network input.
+    pub fn input_shape(&self) -> (usize, usize) {
+        match self {
+            NetworkConfig::SongUNet(c) => (c.in_channels, c.img_resolution),
+            NetworkConfig::Dhariwal(c) => (c.in_channels, c.img_resolution),
+            NetworkConfig::DiT(c) => (c.in_channels, c.input_size),
+        }
+    }
+
+    /// Channels of F's output that form the prediction (DiT with `learn_sigma` outputs
+    /// twice as many; the first half is used).
+    pub fn output_channels(&self) -> usize {
+        match self {
+            NetworkConfig::SongUNet(c) => c.out_channels,
+            NetworkConfig::Dhariwal(c) => c.out_channels,
+            NetworkConfig::DiT(c) => c.in_channels,
+        }
+    }
+
+    /// Number of classes the network is conditioned on (0 = unconditional).
+    pub fn label_dim(&self) -> usize {
+        match self {
+            NetworkConfig::SongUNet(c) => c.label_dim,
+            NetworkConfig::Dhariwal(c) => c.label_dim,
+            NetworkConfig::DiT(c) => c.num_classes,
+        }
+    }
+
+    /// Replaces the activation dropout probability (`[train] dropout`).
+    pub fn set_dropout(&mut self, p: f64) {
+        match self {
+            NetworkConfig::SongUNet(c) => c.dropout = p,
+            NetworkConfig::Dhariwal(c) => c.dropout = p,
+            NetworkConfig::DiT(_) => {}
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            NetworkConfig::SongUNet(c) => c.validate()?,
+            NetworkConfig::Dhariwal(c) => c.validate()?,
+            NetworkConfig::DiT(c) => c.validate()?,
+        }
+        Ok(())
+    }
+}
+
+/// `[precond]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecondConfig {
+    /// Process: vp, ve, edm, iddpm, fm, sd3.
+    pub process: ProcessKind,
+    /// σ_data of EDM's preconditioning (only for `edm`; default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma_data: Option<f64>,
+}
+
+impl Default for PrecondConfig {
+    fn default() -> Self {
+        Self {
+            process: ProcessKind::Edm,
+            sigma_data: None,
+        }
+    }
+}
+
+impl PrecondConfig {
+    /// The process with its hyper-parameters.
+    pub fn build(&self) -> Result<Box<dyn Process>> {
+        match (self.process, self.sigma_data) {
+            (ProcessKind::Edm, Some(sd)) => {
+                if !(sd.is_finite() && sd > 0.0) {
+                    bail!("precond.sigma_data = {sd} must be a positive number");
+                }
+                Ok(Box::new(Edm::new(sd, Edm::P_MEAN, Edm::P_STD)))
+            }
+            (_, None) => Ok(self.process.build()),
+            (p, Some(_)) => bail!("precond.sigma_data applies only to process \"edm\", not {p}"),
+        }
+    }
+}
+
+/// Which weight multiplies ‖D − x0‖².
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossWeight {
+    /// `optimal-loss` when `schedule.kind = "optimal-loss"`, else `native`.
+    Auto,
+    /// The process's own λ(σ̂) (EDM: (σ̂²+σ_d²)/(σ̂σ_d)²).
+    Native,
+    /// w(σ̂) of the optimal-loss schedule.
+    OptimalLoss,
+}
+
+/// `[loss]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Weight on ‖D − x0‖²: auto, native, optimal-loss.
+    #[serde(default = "d_auto")]
+    pub weight: LossWeight,
+}
+fn d_auto() -> LossWeight {
+    LossWeight::Auto
+}
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self { weight: d_auto() }
+    }
+}
+
+/// Schedule kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// σ̂ from the process's own training distribution.
+    Native,
+    /// The adaptive optimal-loss schedule (docs/optimal-loss-method.md §5).
+    OptimalLoss,
+}
+
+/// `[schedule]`: the noise-level distribution and the optimal-loss weight's parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// native or optimal-loss.
+    #[serde(default = "d_native")]
+    pub kind: ScheduleKind,
+    /// a in w(σ̂) = a·min(1/J*(σ̂), w_max) + b·N(ln σ̂; μ, ς²)·1[σ̂ < σ*].
+    #[serde(default = "d_one")]
+    pub a: f64,
+    /// Truncation w_max of 1/J*.
+    #[serde(default = "d_w_max")]
+    pub w_max: f64,
+    /// Amplitude b of the Gaussian bump (default w_max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bump_scale: Option<f64>,
+    /// μ of the bump, in ln σ̂ (default ln σ* − 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bump_mean: Option<f64>,
+    /// ς of the bump, in ln σ̂.
+    #[serde(default = "d_one")]
+    pub bump_std: f64,
+    /// σ* = largest curve σ̂ with J* ≤ delta·variance.
+    #[serde(default = "d_delta")]
+    pub delta: f64,
+    /// Bins of p(σ̂) in ln σ̂.
+    #[serde(default = "d_bins")]
+    pub bins: usize,
+    /// Lower end of the binned σ̂ range.
+    #[serde(default = "d_sigma_min")]
+    pub sigma_min: f64,
+    /// Upper end of the binned σ̂ range.
+    #[serde(default = "d_sigma_max")]
+    pub sigma_max: f64,
+    /// p(σ̂) is recomputed every this many kimg.
+    #[serde(default = "d_refresh")]
+    pub refresh_kimg: f64,
+    /// Decay of the per-bin loss EMA per refresh (0 = last window only).
+    #[serde(default = "d_loss_ema")]
+    pub loss_ema: f64,
+    /// Floor on the gap J_σ − J*_σ (per-dimension x0 units).
+    #[serde(default = "d_gap_floor")]
+    pub gap_floor: f64,
+    /// Probability of drawing σ̂ from the native distribution instead.
+    #[serde(default = "d_mix")]
+    pub mix: f64,
+}
+fn d_native() -> ScheduleKind {
+    ScheduleKind::Native
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_w_max() -> f64 {
+    1e4
+}
+fn d_delta() -> f64 {
+    0.01
+}
+fn d_bins() -> usize {
+    64
+}
+fn d_sigma_min() -> f64 {
+    0.002
+}
+fn d_sigma_max() -> f64 {
+    80.0
+}
+fn d_refresh() -> f64 {
+    4.0
+}
+fn d_loss_ema() -> f64 {
+    0.9
+}
+fn d_gap_floor() -> f64 {
+    1e-4
+}
+fn d_mix() -> f64 {
+    0.1
+}
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: d_native(),
+            a: 1.0,
+            w_max: d_w_max(),
+            bump_scale: None,
+            bump_mean: None,
+            bump_std: 1.0,
+            delta: d_delta(),
+            bins: d_bins(),
+            sigma_min: d_sigma_min(),
+            sigma_max: d_sigma_max(),
+            refresh_kimg: d_refresh(),
+            loss_ema: d_loss_ema(),
+            gap_floor: d_gap_floor(),
+            mix: d_mix(),
+        }
+    }
+}
+
+/// `[optimizer]`: Adam (torch.optim.Adam semantics) and the learning rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Base learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// (β1, β2).
+    #[serde(default = "d_betas")]
+    pub betas: [f64; 2],
+    /// ε added to √v̂.
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW style, θ ← θ(1 − lr·wd)); 0 = plain Adam.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Linear ramp-up: lr·min(kimg/rampup_kimg, 1); 0 = none.
+    #[serde(default = "d_rampup")]
+    pub rampup_kimg: f64,
+    /// Inverse-sqrt decay lr/√max(kimg/decay_kimg, 1) (EDM2); absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay_kimg: Option<f64>,
+    /// Clip the global gradient norm to this value; absent = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_rampup() -> f64 {
+    10000.0
+}
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            lr: d_lr(),
+            betas: d_betas(),
+            eps: d_eps(),
+            weight_decay: 0.0,
+            rampup_kimg: d_rampup(),
+            decay_kimg: None,
+            grad_clip: None,
+        }
+    }
+}
+
+/// `[ema]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaConfig {
+    /// Half-life in kimg.
+    #[serde(default = "d_halflife")]
+    pub halflife_kimg: f64,
+    /// Ramp-up: half-life ≤ rampup_ratio·images seen; 0 = off.
+    #[serde(default = "d_rampup_ratio")]
+    pub rampup_ratio: f64,
+}
+fn d_halflife() -> f64 {
+    500.0
+}
+fn d_rampup_ratio() -> f64 {
+    0.05
+}
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self {
+            halflife_kimg: d_halflife(),
+            rampup_ratio: d_rampup_ratio(),
+        }
+    }
+}
+
+/// `[train]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Images per optimizer step.
+    #[serde(default = "d_batch")]
+    pub batch: usize,
+    /// Images per forward/backward pass (gradient accumulation makes up `batch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_gpu: Option<usize>,
+    /// Training length in kimg.
+    #[serde(default = "d_duration")]
+    pub duration_kimg: f64,
+    /// Seed of the network init, data order and every noise stream.
+    #[serde(default)]
+    pub seed: u64,
+    /// A tick (stats line) every this many kimg.
+    #[serde(default = "d_tick")]
+    pub tick_kimg: f64,
+    /// Network snapshot (EMA) every this many ticks; 0 = only at the end.
+    #[serde(default = "d_snapshot_ticks")]
+    pub snapshot_ticks: u64,
+    /// Training state every this many ticks; 0 = only at the end.
+    #[serde(default = "d_state_ticks")]
+    pub state_ticks: u64,
+    /// Overrides the network's activation dropout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "d_device")]
+    pub device: String,
+    /// Bins in ln σ̂ over [ln 0.002, ln 80] of the per-tick loss statistics.
+    #[serde(default = "d_stat_bins")]
+    pub stat_bins: usize,
+}
+fn d_batch() -> usize {
+    512
+}
+fn d_duration() -> f64 {
+    200000.0
+}
+fn d_tick() -> f64 {
+    50.0
+}
+fn d_snapshot_ticks() -> u64 {
+    50
+}
+fn d_state_ticks() -> u64 {
+    500
+}
+fn d_device() -> String {
+    "cpu".into()
+}
+fn d_stat_bins() -> usize {
+    32
+}
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch: d_batch(),
+            batch_gpu: None,
+            duration_kimg: d_duration(),
+            seed: 0,
+            tick_kimg: d_tick(),
+            snapshot_ticks: d_snapshot_ticks(),
+            state_ticks: d_state_ticks(),
+            dropout: None,
+            device: d_device(),
+            stat_bins: d_stat_bins(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Images per forward pass.
+    pub fn round_batch(&self) -> usize {
+        self.batch_gpu.unwrap_or(self.batch).min(self.batch)
+    }
+
+    /// The parsed `device`: None for the CPU, Some(ordinal) for CUDA.
+    pub fn device_ordinal(&self) -> Result<Option<usize>> {
+        match self.device.as_str() {
+            "cpu" => Ok(None),
+            "cuda" => Ok(Some(0)),
+            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Some(i)),
+                _ => bail!("train.device = {s:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""),
+            },
+        }
+    }
+
+    /// The candle device named by `device`.
+    pub fn device(&self) -> Result<Device> {
+        Ok(match self.device_ordinal()? {
+            None => Device::Cpu,
+            Some(i) => Device::new_cuda(i)?,
+        })
+    }
+}
+
+/// `[sample]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// Seeds of the sample grid (`0-63`, `1,5,9`).
+    #[serde(default = "d_seeds")]
+    pub seeds: String,
+    /// Heun steps.
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    /// A grid every this many ticks; 0 = off.
+    #[serde(default)]
+    pub every_ticks: u64,
+}
+fn d_seeds() -> String {
+    "0-63".into()
+}
+fn d_steps() -> usize {
+    18
+}
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            seeds: d_seeds(),
+            steps: d_steps(),
+            every_ticks: 0,
+        }
+    }
+}
+
+/// `[optimal_loss]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimalLossConfig {
+    /// A `lossfloor estimate` curve file of the training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`key.sub=value`) and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the config file", path.display()))?;
+        Self::parse(&text, overrides).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// Parses config text, applies `overrides` and checks the result.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Config = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| anyhow!("{e}"))?
+        } else {
+            let merged = toml::to_string(&table)?;
+            toml::from_str(&merged).map_err(|e| anyhow!("after --set overrides: {e}"))?
+        };
+        check_network_keys(&table, &cfg)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The resolved config as TOML (every key with its value, defaults included).
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// The loss weight actually used.
+    pub fn loss_weight(&self) -> LossWeight {
+        match (self.loss.weight, self.schedule.kind) {
+            (LossWeight::Auto, ScheduleKind::OptimalLoss) => LossWeight::OptimalLoss,
+            (LossWeight::Auto, ScheduleKind::Native) => LossWeight::Native,
+            (w, _) => w,
+        }
+    }
+
+    /// The network config with `[train] dropout` applied.
+    pub fn effective_network(&self) -> NetworkConfig {
+        let mut n = self.network.clone();
+        if let Some(p) = self.train.dropout {
+            n.set_dropout(p);
+        }
+        n
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        self.data
+            .spec
+            .parse::<lossfloor_data::DataSpec>()
+            .map_err(|e| anyhow!("data.spec: {e}"))?;
+        self.effective_network()
+            .validate()
+            .map_err(|e| anyhow!("network: {e}"))?;
+        self.precond.build().map_err(|e| anyhow!("precond: {e}"))?;
+        let t = &self.train;
+        if t.batch == 0 {
+            bail!("train.batch must be positive");
+        }
+        if let Some(bg) = t.batch_gpu {
+            if bg == 0 || !t.batch.is_multiple_of(bg.min(t.batch)) {
+                bail!(
+                    "train.batch_gpu = {bg} must be positive and divide train.batch = {}",
+                    t.batch
+                );
+            }
+        }
+        if !(t.duration_kimg > 0.0 && t.tick_kimg > 0.0) {
+            bail!("train.duration_kimg and train.tick_kimg must be positive");
+        }
+        if let Some(p) = t.dropout {
+            if !(0.0..1.0).contains(&p) {
+                bail!("train.dropout = {p} must lie in [0, 1)");
+            }
+        }
+        if t.stat_bins == 0 {
+            bail!("train.stat_bins must be positive");
+        }
+        t.device_ordinal()?;
+        let o = &self.optimizer;
+        if !(o.lr >= 0.0 && o.eps > 0.0 && o.weight_decay >= 0.0 && o.rampup_kimg >= 0.0) {
+            bail!("optimizer: lr, weight_decay, rampup_kimg must be >= 0 and eps > 0");
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            bail!("optimizer.betas must lie in [0, 1)");
+        }
+        if o.decay_kimg.is_some_and(|d| d <= 0.0) || o.grad_clip.is_some_and(|c| c <= 0.0) {
+            bail!("optimizer.decay_kimg and optimizer.grad_clip must be positive when set");
+        }
+        if !(self.ema.halflife_kimg >= 0.0 && self.ema.rampup_ratio >= 0.0) {
+            bail!("ema.halflife_kimg and ema.rampup_ratio must be >= 0");
+        }
+        let s = &self.schedule;
+        if !(s.a > 0.0 && s.w_max > 0.0 && s.bump_std > 0.0 && s.delta > 0.0) {
+            bail!("schedule: a, w_max, bump_std and delta must be positive");
+        }
+        if s.bump_scale.is_some_and(|b| b < 0.0) {
+            bail!("schedule.bump_scale must be >= 0");
+        }
+        if !(s.sigma_min > 0.0 && s.sigma_max > s.sigma_min && s.bins > 0) {
+            bail!("schedule: need 0 < sigma_min < sigma_max and bins > 0");
+        }
+        if !(s.refresh_kimg > 0.0 && (0.0..1.0).contains(&s.loss_ema) && s.gap_floor > 0.0) {
+            bail!("schedule: refresh_kimg > 0, 0 <= loss_ema < 1 and gap_floor > 0 required");
+        }
+        if !(0.0..=1.0).contains(&s.mix) {
+            bail!("schedule.mix must lie in [0, 1]");
+        }
+        let needs_curve =
+            s.kind == ScheduleKind::OptimalLoss || self.loss_weight() == LossWeight::OptimalLoss;
+        if needs_curve && self.optimal_loss.curve.is_none() {
+            bail!("the optimal-loss schedule / weight needs optimal_loss.curve");
+        }
+        Ok(())
+    }
+}
+
+/// Applies one `key.sub=value` override to a parsed TOML table.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {spec:?}: expected KEY=VALUE (e.g. train.batch=64)"))?;
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {spec:?}: malformed key {key:?}");
+    }
+    let value = parse_value(raw.trim());
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("--set {spec:?}: {p} is not a table"))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// A TOML value (`64`, `1e-3`, `true`, `[1, 2]`, `"x"`), or the raw text as a string.
+fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// The nets' config structs accept unknown keys; reject them here by comparing the keys
+/// given under `[network]` with those the parsed config serialises to.
+fn check_network_keys(input: &toml::Table, cfg: &Config) -> Result<()> {
+    let Some(given) = input.get("network").and_then(|v| v.as_table()) else {
+        return Ok(());
+    };
+    let known = toml::Value::try_from(&cfg.network)?;
+    let known = known.as_table().cloned().unwrap_or_default();
+    let unknown: Vec<&String> = given.keys().filter(|k| !known.contains_key(*k)).collect();
+    if let Some(k) = unknown.first() {
+        let mut names: Vec<&String> = known.keys().collect();
+        names.sort();
+        bail!(
+            "unknown key network.{k} for arch {:?}; expected one of: {}",
+            cfg.network.arch(),
+            names
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}

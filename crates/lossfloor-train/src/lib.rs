@@ -1,0 +1,59 @@
+//! # lossfloor-train: EDM-style training with the optimal-loss schedule
+//!
+//! - [`config`]: the TOML config, overrides, validation (`docs/config.md`);
+//! - [`adam`]: Adam with saveable state, learning-rate schedule, gradient clean-up;
+//! - [`ema`]: EDM's EMA with half-life ramp-up;
+//! - [`schedule`]: the optimal-loss weight w(σ̂) and adaptive p(σ̂), per-σ̂ bin stats;
+//! - [`state`]: atomic safetensors training states;
+//! - [`train`]: the loop ([`Trainer`]), deterministic data order and RNG streams;
+//! - [`run_train`]: the `lossfloor train` entry point.
+
+pub mod adam;
+pub mod config;
+pub mod ema;
+pub mod schedule;
+pub mod state;
+pub mod train;
+
+use std::path::PathBuf;
+
+pub use config::Config;
+pub use train::{load_dataset, train_with_dataset, Resume, Trainer};
+
+/// Arguments of `lossfloor train`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// The training config (TOML; see docs/config.md).
+    pub config: PathBuf,
+    /// Override a config key, e.g. `--set train.batch=64 --set optimizer.lr=2e-4`
+    /// (the value is parsed as TOML, else taken as a string). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue a run: `auto` (the latest state in the run directory, if any) or a
+    /// training-state file.
+    #[arg(long, value_name = "auto|PATH")]
+    pub resume: Option<String>,
+    /// Run directory (default: runs/<config file stem>).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// `lossfloor train`: loads the config and the data, then trains (or resumes).
+pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config, &args.set)?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let stem = args
+            .config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        PathBuf::from("runs").join(stem)
+    });
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("auto") => Resume::Auto,
+        Some(p) => Resume::Path(PathBuf::from(p)),
+    };
+    let dataset = load_dataset(&cfg)?;
+    train_with_dataset(cfg, dataset, &run_dir, &resume, true)
+}

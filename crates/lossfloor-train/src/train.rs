@@ -1,0 +1,715 @@
+//! The training loop.
+//!
+//! One optimizer step takes `batch` images in `batch / batch_gpu` rounds whose gradients
+//! are summed (gradient accumulation). Each image gets σ̂ from the schedule, noise
+//! n = σ̂ε, and the loss w(σ̂)·‖D(x + n; σ̂) − x‖² summed over pixels; the step minimises
+//! the sum over the batch divided by `batch` (EDM's `loss.sum() / batch_gpu_total`).
+//!
+//! Determinism: the data order is a ChaCha8 permutation per epoch (key: seed, epoch), the
+//! images of a step are the positions `nimg..nimg + batch` of that order, and every noise
+//! draw of a round comes from a ChaCha8 stream keyed by (seed, step, round). A run that
+//! is stopped at a training state and resumed therefore repeats exactly what the
+//! uninterrupted run would have done, bit for bit, as long as the network uses no
+//! dropout: candle's dropout draws from its own unseedable RNG.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_core::Process;
+use lossfloor_data::Dataset;
+use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
+use lossfloor_nets::Network;
+use lossfloor_optimal::Curve;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde_json::json;
+
+use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam};
+use crate::config::{Config, LossWeight, NetworkConfig, ScheduleKind};
+use crate::ema::{ema_beta, Ema};
+use crate::schedule::{AdaptiveSchedule, BinStats, OptimalWeight};
+use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, StateTensors};
+
+/// RNG stream ids.
+const STREAM_PERM: u64 = 1;
+const STREAM_NOISE: u64 = 2;
+
+/// A ChaCha8 stream keyed by (seed, a, b, stream).
+pub fn stream_rng(seed: u64, a: u64, b: u64, stream: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&a.to_le_bytes());
+    key[16..24].copy_from_slice(&b.to_le_bytes());
+    key[24..].copy_from_slice(&stream.to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+/// The permutation of `0..n` used in epoch `epoch`.
+pub fn epoch_permutation(seed: u64, epoch: u64, n: usize) -> Vec<u32> {
+    let mut rng = stream_rng(seed, epoch, 0, STREAM_PERM);
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        p.swap(i, j);
+    }
+    p
+}
+
+/// How to continue from earlier states.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Start fresh; fail if the run directory already holds training states.
+    No,
+    /// Continue from the latest state in the run directory, or start fresh if none.
+    Auto,
+    /// Continue from this state file.
+    Path(PathBuf),
+}
+
+/// The weight on ‖D − x0‖².
+enum Weight {
+    Native,
+    Optimal(OptimalWeight),
+}
+
+/// Per-round outputs for statistics.
+struct RoundStats {
+    sigmas: Vec<f64>,
+    weights: Vec<f64>,
+    sq: Vec<f32>,
+}
+
+/// A training run in memory.
+pub struct Trainer {
+    cfg: Config,
+    device: Device,
+    dataset: Dataset,
+    run_dir: PathBuf,
+    varmap: VarMap,
+    net: Box<dyn Network>,
+    net_cfg: NetworkConfig,
+    names: Vec<String>,
+    vars: Vec<Var>,
+    adam: Adam,
+    ema: Ema,
+    process: Box<dyn Process>,
+    weight: Weight,
+    adaptive: Option<AdaptiveSchedule>,
+    curve: Option<Curve>,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Images seen.
+    pub nimg: u64,
+    cur_tick: u64,
+    tick_start_nimg: u64,
+    elapsed_before: f64,
+    perm: (u64, Vec<u32>),
+    /// Show a progress bar (on by default; off in tests).
+    pub progress: bool,
+}
+
+impl Trainer {
+    /// Sets up a fresh run on `dataset` (already loaded, with x-flip / limit applied).
+    pub fn new(cfg: Config, dataset: Dataset, run_dir: PathBuf) -> Result<Self> {
+        let device = cfg.train.device()?;
+        let net_cfg = cfg.effective_network();
+        let (c, r) = net_cfg.input_shape();
+        let shape = dataset.shape();
+        if shape.channels != c || shape.height != r || shape.width != r {
+            bail!(
+                "data {} has images {shape} but the network takes {c}x{r}x{r}",
+                dataset.source()
+            );
+        }
+        if dataset.is_empty() {
+            bail!("data {} is empty", dataset.source());
+        }
+        let label_dim = net_cfg.label_dim();
+        if label_dim > 0 {
+            match dataset.num_classes() {
+                Some(k) if k <= label_dim => {}
+                Some(k) => bail!("data has {k} classes but the network label_dim is {label_dim}"),
+                None => bail!("the network is class-conditional but the data has no labels"),
+            }
+        }
+        let varmap = VarMap::new();
+        let net = net_cfg.build(&varmap, &device, cfg.train.seed)?;
+        let tv = net.trainable_vars(&varmap)?;
+        let names: Vec<String> = tv.iter().map(|(n, _)| n.clone()).collect();
+        let vars: Vec<Var> = tv.into_iter().map(|(_, v)| v).collect();
+        let adam = Adam::new(&vars, &cfg.optimizer)?;
+        let ema = Ema::new(&vars)?;
+        let process = cfg.precond.build()?;
+        let curve = match &cfg.optimal_loss.curve {
+            Some(p) => Some(Curve::load(p)?),
+            None => None,
+        };
+        let optimal = || -> Result<OptimalWeight> {
+            let c = curve
+                .clone()
+                .ok_or_else(|| anyhow!("optimal_loss.curve is required"))?;
+            OptimalWeight::new(&cfg.schedule, c)
+        };
+        let weight = match cfg.loss_weight() {
+            LossWeight::OptimalLoss => Weight::Optimal(optimal()?),
+            _ => Weight::Native,
+        };
+        let adaptive = match cfg.schedule.kind {
+            ScheduleKind::OptimalLoss => Some(AdaptiveSchedule::new(&cfg.schedule, optimal()?)),
+            ScheduleKind::Native => None,
+        };
+        let perm = (0, epoch_permutation(cfg.train.seed, 0, dataset.len()));
+        Ok(Self {
+            cfg,
+            device,
+            dataset,
+            run_dir,
+            varmap,
+            net,
+            net_cfg,
+            names,
+            vars,
+            adam,
+            ema,
+            process,
+            weight,
+            adaptive,
+            curve,
+            step: 0,
+            nimg: 0,
+            cur_tick: 0,
+            tick_start_nimg: 0,
+            elapsed_before: 0.0,
+            perm,
+            progress: true,
+        })
+    }
+
+    /// Parameter names (sorted), in the order of every per-parameter list.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Current weights, EMA and Adam moments.
+    pub fn tensors(&self) -> StateTensors {
+        StateTensors {
+            net: self.vars.iter().map(|v| v.as_tensor().clone()).collect(),
+            ema: self.ema.tensors.clone(),
+            adam_m: self.adam.m.clone(),
+            adam_v: self.adam.v.clone(),
+        }
+    }
+
+    fn meta(&self, elapsed: f64) -> Result<StateMeta> {
+        Ok(StateMeta {
+            format: 1,
+            step: self.step,
+            nimg: self.nimg,
+            adam_step: self.adam.step,
+            cur_tick: self.cur_tick,
+            tick_start_nimg: self.tick_start_nimg,
+            seed: self.cfg.train.seed,
+            elapsed_s: elapsed,
+            schedule: self.adaptive.as_ref().map(|a| a.state.clone()),
+            config: self.cfg.to_toml()?,
+        })
+    }
+
+    /// Writes the training state of the current step; returns its path.
+    pub fn save_state(&self, elapsed: f64) -> Result<PathBuf> {
+        let path = state_path(&self.run_dir, self.nimg);
+        save_state(&path, &self.names, &self.tensors(), &self.meta(elapsed)?)?;
+        Ok(path)
+    }
+
+    /// Continues from a training state. The state's config must agree with this run's in
+    /// everything but the duration, intervals, sampling and device.
+    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+        let (t, meta) = load_state(path, &self.names, &self.device)?;
+        let old = Config::parse(&meta.config, &[])
+            .with_context(|| format!("{}: the stored config", path.display()))?;
+        let comparable = |c: &Config| {
+            let mut c = c.clone();
+            c.train.duration_kimg = 0.0;
+            c.train.tick_kimg = 1.0;
+            c.train.snapshot_ticks = 0;
+            c.train.state_ticks = 0;
+            c.train.device = String::new();
+            c.sample = Default::default();
+            c
+        };
+        if comparable(&old) != comparable(&self.cfg) {
+            bail!(
+                "{}: the training state was made with a different config (only train.duration_kimg, \
+                 tick_kimg, snapshot_ticks, state_ticks, device and [sample] may change on resume)",
+                path.display()
+            );
+        }
+        for (v, x) in self.vars.iter().zip(&t.net) {
+            v.set(x)?;
+        }
+        self.ema.tensors = t.ema;
+        self.adam.m = t.adam_m;
+        self.adam.v = t.adam_v;
+        self.adam.step = meta.adam_step;
+        self.step = meta.step;
+        self.nimg = meta.nimg;
+        self.cur_tick = meta.cur_tick;
+        self.tick_start_nimg = meta.tick_start_nimg;
+        self.elapsed_before = meta.elapsed_s;
+        match (&mut self.adaptive, meta.schedule) {
+            (Some(a), Some(s)) => a.set_state(s)?,
+            (None, None) => {}
+            _ => bail!(
+                "{}: schedule state does not match the config",
+                path.display()
+            ),
+        }
+        Ok(())
+    }
+
+    fn data_index(&mut self, pos: u64) -> usize {
+        let n = self.dataset.len() as u64;
+        let epoch = pos / n;
+        if self.perm.0 != epoch {
+            self.perm = (
+                epoch,
+                epoch_permutation(self.cfg.train.seed, epoch, n as usize),
+            );
+        }
+        self.perm.1[(pos % n) as usize] as usize
+    }
+
+    fn draw_sigma(&self, rng: &mut ChaCha8Rng) -> f64 {
+        match &self.adaptive {
+            Some(a) => a.sample(self.process.noise(), rng),
+            None => self.process.noise().sample(rng),
+        }
+    }
+
+    fn weight_at(&self, sigma: f64) -> f64 {
+        match &self.weight {
+            Weight::Native => self.process.loss_weight(sigma),
+            Weight::Optimal(w) => w.weight(sigma),
+        }
+    }
+
+    /// Forward + backward of one round; returns the gradients (parameter order).
+    fn round(&mut self, round: usize, n: usize) -> Result<(Vec<Tensor>, RoundStats)> {
+        let dim = self.dataset.dim();
+        let shape = self.dataset.shape();
+        let start = self.nimg + (round * n) as u64;
+        let label_dim = self.net_cfg.label_dim();
+        let mut x = vec![0f32; n * dim];
+        let mut labels = vec![0f32; n * label_dim];
+        for i in 0..n {
+            let idx = self.data_index(start + i as u64);
+            self.dataset.read_row(idx, &mut x[i * dim..(i + 1) * dim]);
+            if label_dim > 0 {
+                let l = self.dataset.label(idx).unwrap_or(0) as usize;
+                labels[i * label_dim + l] = 1.0;
+            }
+        }
+        let mut rng = stream_rng(self.cfg.train.seed, self.step, round as u64, STREAM_NOISE);
+        let mut y = vec![0f32; n * dim];
+        let mut sigmas = Vec::with_capacity(n);
+        let mut weights = Vec::with_capacity(n);
+        let (mut c_skip, mut c_out, mut c_in, mut c_noise) = (vec![], vec![], vec![], vec![]);
+        for i in 0..n {
+            let s = self.draw_sigma(&mut rng);
+            for j in i * dim..(i + 1) * dim {
+                let e: f32 = rng.sample(StandardNormal);
+                y[j] = x[j] + (s as f32) * e;
+            }
+            let p = self.process.precond(s);
+            c_skip.push(p.c_skip as f32);
+            c_out.push(p.c_out as f32);
+            c_in.push(p.c_in as f32);
+            c_noise.push(p.c_noise as f32);
+            weights.push(self.weight_at(s));
+            sigmas.push(s);
+        }
+        let dev = &self.device;
+        let img = (n, shape.channels, shape.height, shape.width);
+        let col = |v: Vec<f32>| Tensor::from_vec(v, (n, 1, 1, 1), dev);
+        let x_t = Tensor::from_vec(x, img, dev)?;
+        let y_t = Tensor::from_vec(y, img, dev)?;
+        let class = if label_dim > 0 {
+            Some(Tensor::from_vec(labels, (n, label_dim), dev)?)
+        } else {
+            None
+        };
+        let noise = Tensor::from_vec(c_noise, n, dev)?;
+        let f = self.net.forward(
+            &y_t.broadcast_mul(&col(c_in)?)?,
+            &noise,
+            class.as_ref(),
+            None,
+            true,
+        )?;
+        let out_c = self.net_cfg.output_channels();
+        let f = if f.dim(1)? > out_c {
+            f.narrow(1, 0, out_c)?
+        } else {
+            f
+        };
+        let d = (y_t.broadcast_mul(&col(c_skip)?)? + f.broadcast_mul(&col(c_out)?)?)?;
+        let sq = (d - x_t)?.sqr()?.flatten_from(1)?.sum(1)?;
+        let w = Tensor::from_vec(
+            weights.iter().map(|&w| w as f32).collect::<Vec<_>>(),
+            n,
+            dev,
+        )?;
+        let loss = ((&sq * w)?.sum_all()? / self.cfg.train.batch as f64)?;
+        let grads = loss.backward()?;
+        let g = self
+            .vars
+            .iter()
+            .map(|v| match grads.get(v.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let sq = sq.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok((
+            g,
+            RoundStats {
+                sigmas,
+                weights,
+                sq,
+            },
+        ))
+    }
+
+    /// One optimizer step (all rounds); returns per-image stats and the gradient norm.
+    fn train_step(&mut self, bins: &mut BinStats, acc: &mut TickAcc) -> Result<()> {
+        let batch = self.cfg.train.batch;
+        let rb = self.cfg.train.round_batch();
+        let rounds = batch / rb;
+        let lr = learning_rate(&self.cfg.optimizer, self.nimg);
+        let mut total: Option<Vec<Tensor>> = None;
+        let dim = self.dataset.dim() as f64;
+        for r in 0..rounds {
+            let (g, st) = self.round(r, rb)?;
+            total = Some(match total {
+                None => g,
+                Some(t) => t
+                    .iter()
+                    .zip(&g)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?,
+            });
+            for ((s, w), q) in st.sigmas.iter().zip(&st.weights).zip(&st.sq) {
+                let per_dim = *q as f64 / dim;
+                bins.add(*s, per_dim);
+                acc.loss_sum += w * per_dim;
+                acc.x0_sum += per_dim;
+                acc.n += 1;
+                if let Some(a) = self.adaptive.as_mut() {
+                    a.observe(*s, per_dim);
+                }
+            }
+        }
+        let mut grads = total
+            .unwrap_or_default()
+            .iter()
+            .map(nan_to_num)
+            .collect::<Result<Vec<_>>>()?;
+        acc.grad_norm = match self.cfg.optimizer.grad_clip {
+            Some(c) => clip_global_norm(&mut grads, c)?,
+            None => global_norm(&grads)?,
+        };
+        self.adam.step(&self.vars, &grads, lr)?;
+        let beta = ema_beta(&self.cfg.ema, self.nimg, batch);
+        self.ema.update(&self.vars, beta)?;
+        self.nimg += batch as u64;
+        self.step += 1;
+        acc.lr = lr;
+        if let Some(a) = self.adaptive.as_mut() {
+            a.maybe_refresh(self.nimg);
+        }
+        Ok(())
+    }
+
+    /// Writes an EMA network snapshot readable by `lossfloor_nets::checkpoint::load_network`.
+    pub fn save_snapshot(&self) -> Result<PathBuf> {
+        let path = self
+            .run_dir
+            .join(format!("network-snapshot-{:010}.safetensors", self.nimg));
+        let spec = match &self.net_cfg {
+            NetworkConfig::SongUNet(c) => NetworkSpec::SongUNet(c.clone()),
+            NetworkConfig::Dhariwal(c) => NetworkSpec::Dhariwal(c.clone()),
+            NetworkConfig::DiT(c) => NetworkSpec::DiT(c.clone()),
+        };
+        let precond = PrecondSpec {
+            process: self.cfg.precond.process.as_str().to_string(),
+            sigma_data: self.cfg.precond.sigma_data,
+        };
+        let mut tensors = varmap_tensors(&self.varmap)?;
+        for (name, t) in tensors.iter_mut() {
+            if let Ok(i) = self.names.binary_search(name) {
+                *t = self.ema.tensors[i].clone();
+            }
+        }
+        let extra = [
+            ("lossfloor.train.nimg".to_string(), self.nimg.to_string()),
+            ("lossfloor.train.step".to_string(), self.step.to_string()),
+            ("lossfloor.train.config".to_string(), self.cfg.to_toml()?),
+        ];
+        save_network(&path, &spec, &precond, &tensors, &extra)?;
+        Ok(path)
+    }
+
+    /// Draws a grid of `[sample] seeds` with the EMA weights (EDM Heun, `steps` steps) and
+    /// writes it to `samples-NNNNNNNNNN.png`. The training weights are swapped out and
+    /// restored bit for bit; no training RNG stream is touched.
+    pub fn save_samples(&self) -> Result<PathBuf> {
+        use lossfloor_sampler::{
+            one_hot, parse_seeds, sample, save_grid_png, to_uint8, HeunConfig, PrecondDenoiser,
+            SeedRng,
+        };
+        let seeds = parse_seeds(&self.cfg.sample.seeds)?;
+        let (c, r) = self.net_cfg.input_shape();
+        let label_dim = self.net_cfg.label_dim();
+        let out_c = self.net_cfg.output_channels();
+        let saved: Vec<Tensor> = self
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        for (v, e) in self.vars.iter().zip(&self.ema.tensors) {
+            v.set(e)?;
+        }
+        let result = (|| -> Result<Tensor> {
+            let dev = &self.device;
+            let mut rng = SeedRng::new(&seeds);
+            let latents = rng.randn(&[c, r, r], dev)?;
+            let labels = if label_dim > 0 {
+                Some(one_hot(&rng.class_labels(label_dim)?, label_dim, dev)?)
+            } else {
+                None
+            };
+            let net = &self.net;
+            let den = PrecondDenoiser::new(
+                self.cfg
+                    .precond
+                    .build()
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+                |x: &Tensor, c_noise: f64, y: Option<&Tensor>| {
+                    let n = x.dim(0)?;
+                    let noise = Tensor::full(c_noise as f32, n, x.device())?;
+                    let f = net
+                        .forward(x, &noise, y, None, false)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                    if f.dim(1)? > out_c {
+                        f.narrow(1, 0, out_c)
+                    } else {
+                        Ok(f)
+                    }
+                },
+            );
+            let hc = HeunConfig {
+                num_steps: self.cfg.sample.steps,
+                ..HeunConfig::default()
+            };
+            Ok(sample(&den, &latents, labels.as_ref(), &hc, &mut |s| {
+                rng.randn_like(s, dev)
+            })?)
+        })();
+        for (v, t) in self.vars.iter().zip(&saved) {
+            v.set(t)?;
+        }
+        let x = result?;
+        let path = self.run_dir.join(format!("samples-{:010}.png", self.nimg));
+        let cols = (seeds.len() as f64).sqrt().ceil() as usize;
+        save_grid_png(&path, &to_uint8(&x)?, cols.max(1))?;
+        Ok(path)
+    }
+
+    fn stats_line(
+        &self,
+        bins: &BinStats,
+        acc: &TickAcc,
+        secs: f64,
+        total: f64,
+    ) -> serde_json::Value {
+        let centres = bins.centres();
+        let bin_rows: Vec<_> = bins
+            .means()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let jstar = self.curve.as_ref().map(|c| c.loss_at(centres[i]).max(0.0));
+                let gap = match (m, jstar) {
+                    (Some(m), Some(j)) => Some(m - j),
+                    _ => None,
+                };
+                json!({
+                    "sigma": centres[i],
+                    "sigma_lo": bins.ln_edges[i].exp(),
+                    "sigma_hi": bins.ln_edges[i + 1].exp(),
+                    "n": bins.n[i],
+                    "loss": m,
+                    "jstar": jstar,
+                    "gap": gap,
+                })
+            })
+            .collect();
+        let imgs = (self.nimg - self.tick_start_nimg) as f64;
+        json!({
+            "tick": self.cur_tick,
+            "kimg": self.nimg as f64 / 1000.0,
+            "step": self.step,
+            "loss": acc.loss_sum / acc.n.max(1) as f64,
+            "loss_x0": acc.x0_sum / acc.n.max(1) as f64,
+            "lr": acc.lr,
+            "grad_norm": acc.grad_norm,
+            "images_per_s": imgs / secs.max(1e-9),
+            "sec_per_kimg": secs / (imgs / 1000.0).max(1e-9),
+            "elapsed_s": total,
+            "schedule_probs": self.adaptive.as_ref().map(|a| a.state.probs.clone()),
+            "bins": bin_rows,
+        })
+    }
+
+    /// Trains until `duration_kimg`, writing ticks, snapshots and states into the run dir.
+    pub fn run(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.run_dir)
+            .with_context(|| format!("{}: cannot create", self.run_dir.display()))?;
+        let total_nimg = (self.cfg.train.duration_kimg * 1000.0).round() as u64;
+        let tick_nimg = ((self.cfg.train.tick_kimg * 1000.0).round() as u64).max(1);
+        let pb = if self.progress {
+            let pb = ProgressBar::new(total_nimg);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} img  {per_sec}  ETA {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_position(self.nimg.min(total_nimg));
+        let mut bins = BinStats::new(self.cfg.train.stat_bins);
+        let mut acc = TickAcc::default();
+        let t0 = Instant::now();
+        let mut tick_t0 = Instant::now();
+        let stats_path = self.run_dir.join("stats.jsonl");
+        while self.nimg < total_nimg {
+            self.train_step(&mut bins, &mut acc)?;
+            pb.set_position(self.nimg.min(total_nimg));
+            let done = self.nimg >= total_nimg;
+            if !done && self.nimg < self.tick_start_nimg + tick_nimg {
+                continue;
+            }
+            // end of tick
+            let secs = tick_t0.elapsed().as_secs_f64();
+            let elapsed = self.elapsed_before + t0.elapsed().as_secs_f64();
+            let line = self.stats_line(&bins, &acc, secs, elapsed);
+            pb.set_message(format!(
+                "loss {:.4}",
+                line["loss"].as_f64().unwrap_or(f64::NAN)
+            ));
+            append_line(&stats_path, &line.to_string())?;
+            pb.println(format!(
+                "tick {} kimg {:.3} loss {:.5} loss_x0 {:.5} lr {:.3e} {:.1} img/s",
+                self.cur_tick,
+                self.nimg as f64 / 1000.0,
+                line["loss"].as_f64().unwrap_or(f64::NAN),
+                line["loss_x0"].as_f64().unwrap_or(f64::NAN),
+                acc.lr,
+                line["images_per_s"].as_f64().unwrap_or(0.0),
+            ));
+            self.cur_tick += 1;
+            self.tick_start_nimg = self.nimg;
+            let every = |k: u64| done || (k > 0 && self.cur_tick.is_multiple_of(k));
+            if every(self.cfg.train.snapshot_ticks) {
+                self.save_snapshot()?;
+            }
+            let k = self.cfg.sample.every_ticks;
+            if k > 0 && (done || self.cur_tick.is_multiple_of(k)) {
+                self.save_samples()?;
+            }
+            if every(self.cfg.train.state_ticks) {
+                let elapsed = self.elapsed_before + t0.elapsed().as_secs_f64();
+                self.save_state(elapsed)?;
+            }
+            bins.reset();
+            acc = TickAcc::default();
+            tick_t0 = Instant::now();
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// Accumulators of one tick.
+#[derive(Debug, Default)]
+struct TickAcc {
+    loss_sum: f64,
+    x0_sum: f64,
+    n: u64,
+    lr: f64,
+    grad_norm: f64,
+}
+
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    writeln!(f, "{line}").with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// Loads the dataset of a config (`[data]`: spec, limit, xflip).
+pub fn load_dataset(cfg: &Config) -> Result<Dataset> {
+    let spec: lossfloor_data::DataSpec = cfg.data.spec.parse()?;
+    let mut ds = lossfloor_data::load(&spec)?;
+    if let Some(n) = cfg.data.limit {
+        ds = ds.take_first(n);
+    }
+    Ok(ds.with_xflip(cfg.data.xflip))
+}
+
+/// Runs (or resumes) training of `cfg` on `dataset` in `run_dir`; writes the resolved
+/// config to `run_dir/config.toml`.
+pub fn train_with_dataset(
+    cfg: Config,
+    dataset: Dataset,
+    run_dir: &Path,
+    resume: &Resume,
+    progress: bool,
+) -> Result<()> {
+    let existing = latest_state(run_dir)?;
+    let from = match (resume, existing) {
+        (Resume::No, Some(p)) => bail!(
+            "{} already holds training state {}; pass --resume auto to continue it or choose \
+             another --run-dir",
+            run_dir.display(),
+            p.display()
+        ),
+        (Resume::No, None) | (Resume::Auto, None) => None,
+        (Resume::Auto, Some(p)) => Some(p),
+        (Resume::Path(p), _) => Some(p.clone()),
+    };
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
+    crate::state::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let mut t = Trainer::new(cfg, dataset, run_dir.to_path_buf())?;
+    t.progress = progress;
+    if let Some(p) = from {
+        t.load_state(&p)?;
+        eprintln!("resumed from {} at {} images", p.display(), t.nimg);
+    }
+    t.run()
+}

@@ -1,0 +1,124 @@
+use std::path::Path;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use lossfloor_train::config::{apply_override, Config, LossWeight};
+
+fn configs_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+const MINIMAL: &str = r#"
+[data]
+spec = "fashion-mnist"
+[network]
+arch = "songunet"
+img_resolution = 28
+in_channels = 1
+out_channels = 1
+model_channels = 16
+channel_mult = [1, 2]
+num_blocks = 1
+attn_resolutions = []
+"#;
+
+#[test]
+fn every_shipped_config_parses_and_builds() {
+    let mut n = 0;
+    let mut paths: Vec<_> = std::fs::read_dir(configs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    for p in paths {
+        let cfg = Config::load(&p, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+        // the resolved config parses back to the same config
+        let again = Config::parse(&cfg.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(again, cfg, "{}", p.display());
+        let varmap = VarMap::new();
+        let net = cfg
+            .effective_network()
+            .build(&varmap, &Device::Cpu, 0)
+            .unwrap();
+        let params = net.num_parameters();
+        eprintln!("{}: {} parameters", p.display(), params);
+        assert!(params > 100_000, "{}", p.display());
+        n += 1;
+    }
+    assert!(n >= 6, "expected at least 6 configs, found {n}");
+}
+
+#[test]
+fn defaults_follow_edm() {
+    let cfg = Config::parse(MINIMAL, &[]).unwrap();
+    assert_eq!(cfg.optimizer.lr, 1e-3);
+    assert_eq!(cfg.optimizer.betas, [0.9, 0.999]);
+    assert_eq!(cfg.optimizer.rampup_kimg, 10000.0);
+    assert_eq!(cfg.ema.halflife_kimg, 500.0);
+    assert_eq!(cfg.ema.rampup_ratio, 0.05);
+    assert_eq!(cfg.train.batch, 512);
+    assert_eq!(cfg.loss_weight(), LossWeight::Native);
+    assert_eq!(cfg.precond.process.as_str(), "edm");
+}
+
+#[test]
+fn unknown_keys_are_rejected_by_name() {
+    let e = Config::parse(&format!("{MINIMAL}\n[train]\nbatchsize = 3\n"), &[]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("batchsize"), "{msg}");
+    let e = Config::parse(&MINIMAL.replace("num_blocks", "num_blokcs"), &[]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("network.num_blokcs"), "{msg}");
+    let e = Config::parse(&format!("{MINIMAL}\n[trian]\nbatch = 3\n"), &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("trian"));
+    // a wrong type names the key and its line
+    let e = Config::parse(&format!("{MINIMAL}\n[train]\nbatch = \"x\"\n"), &[]).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("batch") && msg.contains("line"), "{msg}");
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, format!("{MINIMAL}\n[optimizer]\nlr = -1\n")).unwrap();
+    let msg = format!("{:#}", Config::load(&p, &[]).unwrap_err());
+    assert!(msg.contains("bad.toml") && msg.contains("lr"), "{msg}");
+}
+
+#[test]
+fn overrides_apply_as_toml_values() {
+    let sets = [
+        "train.batch=64".to_string(),
+        "optimizer.lr = 2e-4".to_string(),
+        "optimizer.betas=[0.9, 0.99]".to_string(),
+        "network.channel_mult=[1,1]".to_string(),
+        "data.spec=npy:/tmp/x.npy".to_string(),
+        "train.device=cpu".to_string(),
+    ];
+    let cfg = Config::parse(MINIMAL, &sets).unwrap();
+    assert_eq!(cfg.train.batch, 64);
+    assert_eq!(cfg.optimizer.lr, 2e-4);
+    assert_eq!(cfg.optimizer.betas, [0.9, 0.99]);
+    assert_eq!(cfg.data.spec, "npy:/tmp/x.npy");
+    let e = Config::parse(MINIMAL, &["train.bogus=1".to_string()]).unwrap_err();
+    assert!(format!("{e:#}").contains("bogus"));
+    let mut t = toml::Table::new();
+    assert!(apply_override(&mut t, "novalue").is_err());
+}
+
+#[test]
+fn optimal_loss_needs_a_curve() {
+    let e = Config::parse(MINIMAL, &["schedule.kind=optimal-loss".to_string()]).unwrap_err();
+    assert!(format!("{e:#}").contains("optimal_loss.curve"));
+    let cfg = Config::parse(
+        MINIMAL,
+        &[
+            "schedule.kind=optimal-loss".to_string(),
+            "optimal_loss.curve=c.json".to_string(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.loss_weight(), LossWeight::OptimalLoss);
+}

@@ -1,0 +1,387 @@
+//! End-to-end tests of `lossfloor sample` on a tiny SongUNet checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
+use lossfloor_nets::SongUNetConfig;
+
+fn lossfloor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lossfloor"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_ok(o: &Output) {
+    assert!(o.status.success(), "lossfloor failed: {}", stderr(o));
+}
+
+/// Asserts a failed run: non-zero exit, the message fragments on stderr, no panic, no output.
+fn assert_fails(o: &Output, fragments: &[&str], outputs: &[&Path]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure; stderr: {err}");
+    for f in fragments {
+        assert!(err.contains(f), "stderr lacks {f:?}: {err}");
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
+    for p in outputs {
+        assert!(!p.exists(), "{} was written by a failed run", p.display());
+    }
+}
+
+fn tiny_config(label_dim: usize) -> SongUNetConfig {
+    SongUNetConfig {
+        label_dim,
+        model_channels: 8,
+        channel_mult: vec![1, 2],
+        num_blocks: 1,
+        attn_resolutions: vec![4],
+        ..SongUNetConfig::new(8, 3, 3)
+    }
+}
+
+const TINY_TOML: &str = "[network]\narch = \"songunet\"\nimg_resolution = 8\nin_channels = 3\n\
+out_channels = 3\nmodel_channels = 8\nchannel_mult = [1, 2]\nnum_blocks = 1\n\
+attn_resolutions = [4]\n[precond]\nprocess = \"edm\"\n";
+
+/// A randomly initialised tiny SongUNet (EDM preconditioning) saved as a lossfloor
+/// checkpoint, plus the same weights as a plain state dict.
+fn checkpoint(dir: &Path, label_dim: usize) -> (PathBuf, PathBuf) {
+    let spec = NetworkSpec::SongUNet(tiny_config(label_dim));
+    let varmap = VarMap::new();
+    spec.build(&varmap, &Device::Cpu, 11).unwrap();
+    let tensors = varmap_tensors(&varmap).unwrap();
+    let precond = PrecondSpec {
+        process: "edm".into(),
+        sigma_data: Some(0.5),
+    };
+    let path = dir.join(format!("net{label_dim}.safetensors"));
+    save_network(&path, &spec, &precond, &tensors, &[]).unwrap();
+    let plain = dir.join(format!("plain{label_dim}.safetensors"));
+    let map: std::collections::HashMap<_, _> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, &plain).unwrap();
+    (path, plain)
+}
+
+/// Reads a little-endian f32 `.npy` (version 1): (shape text, values).
+fn read_npy(path: &Path) -> (String, Vec<f32>) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = String::from_utf8_lossy(&b[10..10 + hlen]).into_owned();
+    assert!(header.contains("'<f4'"), "{header}");
+    let shape = header[header.find("'shape': (").unwrap() + 10..]
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    let values = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, values)
+}
+
+fn write_npy_f32(path: &Path, shape: &[usize], value: f32) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
+    let mut h = header.into_bytes();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(&h);
+    let n: usize = shape.iter().product();
+    for _ in 0..n {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn grid_npy_and_per_seed_determinism() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ckpt, _) = checkpoint(dir.path(), 0);
+    let d = dir.path();
+    let (grid, a, b, c) = (
+        d.join("grid.png"),
+        d.join("a.npy"),
+        d.join("b.npy"),
+        d.join("c.npy"),
+    );
+    let (out1, out2) = (d.join("imgs1"), d.join("imgs2"));
+    // Batches of 3: seeds {0,1,2} and {3}.
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0-3",
+        "--steps",
+        "4",
+        "--batch",
+        "3",
+        "--grid",
+        s(&grid),
+        "--out-npy",
+        s(&a),
+        "--outdir",
+        s(&out1),
+    ]);
+    assert_ok(&o);
+    let img = image::open(&grid).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16)); // 2x2 grid of 8x8
+    let (shape, va) = read_npy(&a);
+    assert_eq!(shape, "4, 3, 8, 8");
+    assert!(va.iter().all(|v| v.is_finite()));
+    for seed in 0..4 {
+        assert!(out1.join(format!("{seed:06}.png")).is_file());
+    }
+
+    // Same seeds, another batch split: identical bytes.
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0-3",
+        "--steps",
+        "4",
+        "--batch",
+        "3",
+        "--out-npy",
+        s(&b),
+    ]);
+    assert_ok(&o);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // Seed 2 alone gives the image it had among 0-3.
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "2",
+        "--steps",
+        "4",
+        "--out-npy",
+        s(&c),
+        "--outdir",
+        s(&out2),
+    ]);
+    assert_ok(&o);
+    let (shape, vc) = read_npy(&c);
+    assert_eq!(shape, "1, 3, 8, 8");
+    let row = &va[2 * 192..3 * 192];
+    let max_diff = row
+        .iter()
+        .zip(&vc)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "seed 2 differs by {max_diff}");
+    let p1 = image::open(out1.join("000002.png")).unwrap().to_rgb8();
+    let p2 = image::open(out2.join("000002.png")).unwrap().to_rgb8();
+    assert_eq!(p1.as_raw(), p2.as_raw());
+}
+
+#[test]
+fn class_conditional_plain_state_dict_and_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ckpt, plain) = checkpoint(d, 3);
+    let toml = d.join("net.toml");
+    std::fs::write(
+        &toml,
+        TINY_TOML.replace("out_channels = 3\n", "out_channels = 3\nlabel_dim = 3\n"),
+    )
+    .unwrap();
+    let (a, b) = (d.join("a.npy"), d.join("b.npy"));
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0-1",
+        "--steps",
+        "2",
+        "--class",
+        "1",
+        "--out-npy",
+        s(&a),
+    ]);
+    assert_ok(&o);
+    // The plain state dict with its TOML gives the same samples.
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&plain),
+        "--config",
+        s(&toml),
+        "--seeds",
+        "0-1",
+        "--steps",
+        "2",
+        "--class",
+        "1",
+        "--out-npy",
+        s(&b),
+    ]);
+    assert_ok(&o);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // Class out of range.
+    let c = d.join("c.npy");
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0",
+        "--class",
+        "3",
+        "--out-npy",
+        s(&c),
+    ]);
+    assert_fails(&o, &["--class 3 out of range"], &[&c]);
+
+    // Latents from a file: N = 2 images, seeds 0..1 implied; classes drawn per seed.
+    let lat = d.join("lat.npy");
+    write_npy_f32(&lat, &[2, 3, 8, 8], 0.5);
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--latents",
+        s(&lat),
+        "--steps",
+        "2",
+        "--out-npy",
+        s(&c),
+    ]);
+    assert_ok(&o);
+    assert_eq!(read_npy(&c).0, "2, 3, 8, 8");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_without_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ckpt, plain) = checkpoint(d, 0);
+    let (grid, npy, outdir) = (d.join("g.png"), d.join("o.npy"), d.join("imgs"));
+    let outs: [&Path; 3] = [&grid, &npy, &outdir];
+    let base = |ck: &Path| -> Vec<String> {
+        [
+            "sample",
+            "--checkpoint",
+            s(ck),
+            "--seeds",
+            "0-1",
+            "--steps",
+            "2",
+            "--grid",
+            s(&grid),
+            "--out-npy",
+            s(&npy),
+            "--outdir",
+            s(&outdir),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        lossfloor(&refs)
+    };
+
+    // Missing checkpoint.
+    let o = run(base(&d.join("missing.safetensors")));
+    assert_fails(&o, &["missing.safetensors"], &outs);
+
+    // Config / tensor mismatch: the TOML asks for 16 channels, the file has 8.
+    let toml = d.join("wide.toml");
+    std::fs::write(
+        &toml,
+        TINY_TOML.replace("model_channels = 8", "model_channels = 16"),
+    )
+    .unwrap();
+    let mut args = base(&plain);
+    args.extend(["--config".into(), s(&toml).into()]);
+    let o = run(args);
+    assert_fails(
+        &o,
+        &[
+            "plain0.safetensors",
+            "model.map_layer0.weight",
+            "[32, 8]",
+            "[64, 16]",
+        ],
+        &outs,
+    );
+
+    // A plain state dict without --config.
+    let o = run(base(&plain));
+    assert_fails(&o, &["lossfloor.format"], &outs);
+
+    // Latents of the wrong shape.
+    let lat = d.join("lat.npy");
+    write_npy_f32(&lat, &[2, 3, 4, 4], 0.0);
+    let mut args = base(&ckpt);
+    args.extend(["--latents".into(), s(&lat).into()]);
+    let o = run(args);
+    assert_fails(&o, &["lat.npy", "[2, 3, 4, 4]"], &outs);
+
+    // Latents whose count disagrees with --seeds.
+    write_npy_f32(&lat, &[3, 3, 8, 8], 0.0);
+    let mut args = base(&ckpt);
+    args.extend(["--latents".into(), s(&lat).into()]);
+    let o = run(args);
+    assert_fails(&o, &["3 images", "2 seeds"], &outs);
+
+    // Zero steps.
+    let mut args = base(&ckpt);
+    args[6] = "0".into();
+    let o = run(args);
+    assert_fails(&o, &["num_steps"], &outs);
+
+    // No output.
+    let o = lossfloor(&["sample", "--checkpoint", s(&ckpt), "--seeds", "0"]);
+    assert_fails(&o, &["no output"], &[]);
+
+    // Output folder that does not exist.
+    let o = lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0",
+        "--grid",
+        s(&d.join("nodir").join("g.png")),
+    ]);
+    assert_fails(&o, &["nodir"], &[]);
+
+    // --class on an unconditional network.
+    let mut args = base(&ckpt);
+    args.extend(["--class".into(), "0".into()]);
+    let o = run(args);
+    assert_fails(&o, &["unconditional"], &outs);
+}
