@@ -84,7 +84,11 @@ fn read_npy(path: &Path) -> (String, Vec<f32>) {
         .split(')')
         .next()
         .unwrap()
-        .to_string();
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     let values = b[10 + hlen..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -24,21 +24,26 @@ pub enum SolverArg {
     Euler,
 }
 
+/// Long help of `lossfloor sample` (shown after the options by `--help`, so that it
+/// survives the one-line description `main.rs` gives the subcommand).
+const LONG_HELP: &str = "\
+The checkpoint is a lossfloor network file (safetensors that describe their network and
+preconditioning), or a plain state dict together with --config, a TOML file with
+[network] (arch = \"songunet\" | \"dhariwal\" | \"dit\" plus the reference option names) and
+[precond] (process = \"vp\" | \"ve\" | \"edm\" | \"iddpm\" | \"fm\" | \"sd3\"; sigma_data for edm).
+
+Each seed has its own random stream for its latents, churn noise and class label, so an
+image depends only on its seed, not on the batch it was drawn in. Outputs (at least one):
+a PNG grid, one PNG per image (EDM's file names) and the raw float32 samples [N, C, H, W]
+as .npy. Pixels are clamp(x*127.5 + 128, 0, 255). Nothing is written unless sampling
+succeeds; every file is written atomically. Runs on the CPU.
+
+Example:
+  lossfloor sample --checkpoint net.safetensors --seeds 0-63 --steps 18 --grid grid.png";
+
 /// Generate images from a network checkpoint with EDM's sampler (Algorithm 2).
-///
-/// The checkpoint is a lossfloor network file (safetensors that describe their network and
-/// preconditioning), or a plain state dict together with --config, a TOML file with
-/// [network] (arch = "songunet" | "dhariwal" | "dit" plus the reference option names) and
-/// [precond] (process = "vp" | "ve" | "edm" | "iddpm" | "fm" | "sd3"; sigma_data for edm).
-/// Each seed has its own random stream for its latents, churn noise and class label, so an
-/// image depends only on its seed, not on the batch it was drawn in. Outputs (at least one):
-/// a PNG grid, one PNG per image (EDM's file names) and the raw float32 samples [N, C, H, W]
-/// as .npy. Pixels are clamp(x·127.5 + 128, 0, 255). Nothing is written unless sampling
-/// succeeds; every file is written atomically.
-///
-/// Example: lossfloor sample --checkpoint net.safetensors --seeds 0-63 --steps 18 --grid grid.png
 #[derive(Args, Debug)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = LONG_HELP)]
 pub struct SampleArgs {
     /// Network checkpoint (.safetensors)
     #[arg(long, value_name = "FILE")]
