@@ -33,8 +33,13 @@ fn assert_fails(o: &Output, fragments: &[&str], outputs: &[&Path]) {
     }
 }
 
-fn write_npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
-    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+/// Writes a version-1 .npy file: header dict with `descr` and `shape`, then raw bytes.
+fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let header = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
     let mut h = header.into_bytes();
     while (10 + h.len() + 1) % 64 != 0 {
         h.push(b' ');
@@ -43,10 +48,13 @@ fn write_npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
     bytes.extend_from_slice(&h);
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
+    bytes.extend_from_slice(data);
     std::fs::write(path, bytes).unwrap();
+}
+
+fn write_npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(path, "<f4", &[rows, cols], &data);
 }
 
 fn small_npy(dir: &Path) -> PathBuf {
@@ -366,19 +374,5 @@ fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
 }
 
 fn write_npy_u8(path: &Path, shape: &[usize], values: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let header = format!(
-        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({}), }}",
-        dims.join(", ")
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(&h);
-    bytes.extend_from_slice(values);
-    std::fs::write(path, bytes).unwrap();
+    write_npy(path, "|u1", shape, values);
 }
