@@ -283,12 +283,12 @@ impl DhariwalUNet {
 
     /// Number of trainable scalars (EDM's `sum(p.numel() for p in parameters())`).
     pub fn num_parameters(&self) -> usize {
-        self.params.iter().map(|(_, t)| t.elem_count()).sum()
+        crate::network::element_count(&self.params)
     }
 
     /// The trainable `Var`s of `varmap` that belong to this network, sorted by name.
     pub fn trainable_vars(&self, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
-        Network::trainable_vars(self, varmap)
+        crate::network::vars_named(varmap, &self.params)
     }
 
     /// Forward pass `F(x; noise_labels, class_labels, augment_labels)`.
@@ -308,21 +308,13 @@ impl DhariwalUNet {
         augment_labels: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let r = self.cfg.img_resolution;
-        if c != self.cfg.in_channels || h != r || w != r {
-            return Err(NetsError::Input(format!(
-                "x has shape {:?}, expected [N, {}, {r}, {r}]",
-                x.dims(),
-                self.cfg.in_channels
-            )));
-        }
-        if noise_labels.elem_count() != n {
-            return Err(NetsError::Input(format!(
-                "noise_labels has {} elements, expected {n}",
-                noise_labels.elem_count()
-            )));
-        }
+        let n = crate::network::check_image_batch(
+            x,
+            noise_labels,
+            "noise_labels",
+            self.cfg.in_channels,
+            self.cfg.img_resolution,
+        )?;
 
         // Mapping: [cos, sin] positional embedding (no swap in ADM).
         let arg = noise_labels

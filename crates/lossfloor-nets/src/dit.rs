@@ -576,35 +576,19 @@ impl DiT {
 
     /// Number of trainable scalars (`pos_embed` excluded).
     pub fn num_parameters(&self) -> usize {
-        self.params.iter().map(|(_, t)| t.elem_count()).sum()
+        crate::network::element_count(&self.params)
     }
 
     /// Trainable scalars plus `pos_embed`: the figure DiT's `train.py` logs.
     pub fn num_parameters_with_buffers(&self) -> usize {
-        self.num_parameters()
-            + self
-                .buffers
-                .iter()
-                .map(|(_, t)| t.elem_count())
-                .sum::<usize>()
+        self.num_parameters() + crate::network::element_count(&self.buffers)
     }
 
     /// The trainable `Var`s of `varmap` belonging to this network, sorted by
     /// name (for optimisers and EMA; `VarMap::all_vars` is in HashMap order
     /// and includes `pos_embed`).
     pub fn trainable_vars(&self, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| NetsError::Config("VarMap mutex poisoned".into()))?;
-        self.params
-            .iter()
-            .map(|(name, _)| {
-                data.get(name)
-                    .map(|v| (name.clone(), v.clone()))
-                    .ok_or_else(|| NetsError::Config(format!("{name} is not in the VarMap")))
-            })
-            .collect()
+        crate::network::vars_named(varmap, &self.params)
     }
 
     /// Forward pass.
@@ -629,21 +613,7 @@ impl DiT {
         train: bool,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (n, c, h, w) = x.dims4()?;
-        let r = cfg.input_size;
-        if c != cfg.in_channels || h != r || w != r {
-            return Err(NetsError::Input(format!(
-                "x has shape {:?}, expected [N, {}, {r}, {r}]",
-                x.dims(),
-                cfg.in_channels
-            )));
-        }
-        if t.elem_count() != n {
-            return Err(NetsError::Input(format!(
-                "t has {} elements, expected {n}",
-                t.elem_count()
-            )));
-        }
+        let n = crate::network::check_image_batch(x, t, "t", cfg.in_channels, cfg.input_size)?;
         let device = x.device();
         let x = x.to_dtype(self.dtype)?;
         let t = t.flatten_all()?.to_dtype(self.dtype)?;

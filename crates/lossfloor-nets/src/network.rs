@@ -34,25 +34,62 @@ pub trait Network {
 
     /// Number of trainable scalars.
     fn num_parameters(&self) -> usize {
-        self.parameters().iter().map(|(_, t)| t.elem_count()).sum()
+        element_count(&self.parameters())
     }
 
     /// The `Var`s of `varmap` behind [`Network::parameters`], in the same
     /// (name) order, for optimisers, EMA and checkpoints.
     fn trainable_vars(&self, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| NetsError::Config("VarMap mutex poisoned".into()))?;
-        self.parameters()
-            .into_iter()
-            .map(|(name, _)| {
-                let var = data
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| NetsError::Config(format!("{name} is not in the VarMap")))?;
-                Ok((name, var))
-            })
-            .collect()
+        vars_named(varmap, &self.parameters())
     }
+}
+
+/// Total number of scalars in `(name, tensor)` pairs.
+pub(crate) fn element_count(tensors: &[(String, Tensor)]) -> usize {
+    tensors.iter().map(|(_, t)| t.elem_count()).sum()
+}
+
+/// The `Var`s of `varmap` with the names of `tensors`, in that order (`VarMap::all_vars`
+/// is in HashMap order and also holds buffers, so optimisers and EMA go through this).
+pub(crate) fn vars_named(
+    varmap: &VarMap,
+    tensors: &[(String, Tensor)],
+) -> Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| NetsError::Config("VarMap mutex poisoned".into()))?;
+    tensors
+        .iter()
+        .map(|(name, _)| {
+            data.get(name)
+                .map(|v| (name.clone(), v.clone()))
+                .ok_or_else(|| NetsError::Config(format!("{name} is not in the VarMap")))
+        })
+        .collect()
+}
+
+/// Checks a batch `x` `[N, channels, res, res]` and its per-image conditioning values
+/// (`labels`, called `what` in messages, N elements); returns N.
+pub(crate) fn check_image_batch(
+    x: &Tensor,
+    labels: &Tensor,
+    what: &str,
+    channels: usize,
+    res: usize,
+) -> Result<usize> {
+    let (n, c, h, w) = x.dims4()?;
+    if c != channels || h != res || w != res {
+        return Err(NetsError::Input(format!(
+            "x has shape {:?}, expected [N, {channels}, {res}, {res}]",
+            x.dims()
+        )));
+    }
+    if labels.elem_count() != n {
+        return Err(NetsError::Input(format!(
+            "{what} has {} elements, expected {n}",
+            labels.elem_count()
+        )));
+    }
+    Ok(n)
 }

@@ -337,25 +337,14 @@ impl SongUNet {
     /// Number of trainable scalars (EDM's `sum(p.numel() for p in parameters())`;
     /// buffers excluded).
     pub fn num_parameters(&self) -> usize {
-        self.params.iter().map(|(_, t)| t.elem_count()).sum()
+        crate::network::element_count(&self.params)
     }
 
     /// The trainable `Var`s of `varmap` that belong to this network, sorted by
     /// name (for optimisers and EMA; `VarMap::all_vars` is in HashMap order and
     /// would include the Fourier buffer).
     pub fn trainable_vars(&self, varmap: &VarMap) -> Result<Vec<(String, Var)>> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| NetsError::Config("VarMap mutex poisoned".into()))?;
-        self.params
-            .iter()
-            .map(|(name, _)| {
-                data.get(name)
-                    .map(|v| (name.clone(), v.clone()))
-                    .ok_or_else(|| NetsError::Config(format!("{name} is not in the VarMap")))
-            })
-            .collect()
+        crate::network::vars_named(varmap, &self.params)
     }
 
     /// Forward pass `F(x; noise_labels, class_labels, augment_labels)`.
@@ -375,21 +364,13 @@ impl SongUNet {
         augment_labels: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let r = self.cfg.img_resolution;
-        if c != self.cfg.in_channels || h != r || w != r {
-            return Err(NetsError::Input(format!(
-                "x has shape {:?}, expected [N, {}, {r}, {r}]",
-                x.dims(),
-                self.cfg.in_channels
-            )));
-        }
-        if noise_labels.elem_count() != n {
-            return Err(NetsError::Input(format!(
-                "noise_labels has {} elements, expected {n}",
-                noise_labels.elem_count()
-            )));
-        }
+        let n = crate::network::check_image_batch(
+            x,
+            noise_labels,
+            "noise_labels",
+            self.cfg.in_channels,
+            self.cfg.img_resolution,
+        )?;
         let t = noise_labels.reshape((n, 1))?;
 
         // Mapping. EDM concatenates [cos, sin] and then swaps the halves.
