@@ -1,68 +1,18 @@
 //! End-to-end tests of the `lossfloor` binary: real data, bad input, no partial outputs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn lossfloor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossfloor"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a failed run: non-zero exit, the message fragments on stderr, no panic, no output.
-fn assert_fails(o: &Output, fragments: &[&str], outputs: &[&Path]) {
-    let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    for f in fragments {
-        assert!(err.contains(f), "stderr lacks {f:?}: {err}");
-    }
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "panic: {err}"
-    );
-    for p in outputs {
-        assert!(!p.exists(), "{} was written by a failed run", p.display());
-    }
-}
-
-/// Writes a version-1 .npy file: header dict with `descr` and `shape`, then raw bytes.
-fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let header = format!(
-        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({},), }}",
-        dims.join(", ")
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(&h);
-    bytes.extend_from_slice(data);
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn write_npy_f32(path: &Path, rows: usize, cols: usize, values: &[f32]) {
-    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_npy(path, "<f4", &[rows, cols], &data);
-}
+use common::{assert_fails, lossfloor, stderr, write_npy, write_npy_f32};
 
 fn small_npy(dir: &Path) -> PathBuf {
     let p = dir.join("small.npy");
     let values: Vec<f32> = (0..40 * 3)
         .map(|i| ((i * 37 % 23) as f32 / 23.0) - 0.5)
         .collect();
-    write_npy_f32(&p, 40, 3, &values);
+    write_npy_f32(&p, &[40, 3], &values);
     p
 }
 
@@ -140,7 +90,7 @@ fn bad_input_gives_clear_errors_and_no_output() {
 
     // Non-finite values and truncated files are rejected with the file named.
     let nan = dir.path().join("nan.npy");
-    write_npy_f32(&nan, 2, 2, &[0.0, f32::NAN, 1.0, 2.0]);
+    write_npy_f32(&nan, &[2, 2], &[0.0, f32::NAN, 1.0, 2.0]);
     assert_fails(
         &run(&["--data", &format!("npy:{}", nan.display())]),
         &["nan.npy"],
@@ -310,7 +260,7 @@ fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
         .iter()
         .map(|&x| ((x + 1.0) * 127.5).round() as u8)
         .collect();
-    write_npy_u8(&npy, &[24, 1, 28, 28], &bytes);
+    write_npy(&npy, "|u1", &[24, 1, 28, 28], &bytes);
     let result = dir.path().join("fid.json");
     let o = lossfloor(&[
         "fid",
@@ -340,7 +290,7 @@ fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
         .iter()
         .map(|&x| ((x + 1.0) * 127.5).round() as u8)
         .collect();
-    write_npy_u8(&other, &[24, 1, 28, 28], &bytes);
+    write_npy(&other, "|u1", &[24, 1, 28, 28], &bytes);
     let o = lossfloor(&[
         "fid",
         "calc",
@@ -371,8 +321,4 @@ fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
         w,
     ]);
     assert_fails(&o, &["24 images found", "--num asks for 25"], &[]);
-}
-
-fn write_npy_u8(path: &Path, shape: &[usize], values: &[u8]) {
-    write_npy(path, "|u1", shape, values);
 }

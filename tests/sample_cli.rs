@@ -1,43 +1,14 @@
 //! End-to-end tests of `lossfloor sample` on a tiny SongUNet checkpoint.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use candle_nn::VarMap;
+use common::{assert_fails, assert_ok, lossfloor, write_npy_f32};
 use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
 use lossfloor_nets::SongUNetConfig;
-
-fn lossfloor(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lossfloor"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "lossfloor failed: {}", stderr(o));
-}
-
-/// Asserts a failed run: non-zero exit, the message fragments on stderr, no panic, no output.
-fn assert_fails(o: &Output, fragments: &[&str], outputs: &[&Path]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    for f in fragments {
-        assert!(err.contains(f), "stderr lacks {f:?}: {err}");
-    }
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "panic: {err}"
-    );
-    for p in outputs {
-        assert!(!p.exists(), "{} was written by a failed run", p.display());
-    }
-}
 
 fn tiny_config(label_dim: usize) -> SongUNetConfig {
     SongUNetConfig {
@@ -96,25 +67,9 @@ fn read_npy(path: &Path) -> (String, Vec<f32>) {
     (shape, values)
 }
 
-fn write_npy_f32(path: &Path, shape: &[usize], value: f32) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
-        dims.join(", ")
-    );
-    let mut h = header.into_bytes();
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(b' ');
-    }
-    h.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    out.extend_from_slice(&h);
-    let n: usize = shape.iter().product();
-    for _ in 0..n {
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    std::fs::write(path, out).unwrap();
+/// A .npy array of `shape` with every value equal to `value`.
+fn write_npy_filled(path: &Path, shape: &[usize], value: f32) {
+    write_npy_f32(path, shape, &vec![value; shape.iter().product()]);
 }
 
 fn s(p: &Path) -> &str {
@@ -269,7 +224,7 @@ fn class_conditional_plain_state_dict_and_latents() {
 
     // Latents from a file: N = 2 images, seeds 0..1 implied; classes drawn per seed.
     let lat = d.join("lat.npy");
-    write_npy_f32(&lat, &[2, 3, 8, 8], 0.5);
+    write_npy_filled(&lat, &[2, 3, 8, 8], 0.5);
     let o = lossfloor(&[
         "sample",
         "--checkpoint",
@@ -348,14 +303,14 @@ fn bad_inputs_fail_cleanly_without_outputs() {
 
     // Latents of the wrong shape.
     let lat = d.join("lat.npy");
-    write_npy_f32(&lat, &[2, 3, 4, 4], 0.0);
+    write_npy_filled(&lat, &[2, 3, 4, 4], 0.0);
     let mut args = base(&ckpt);
     args.extend(["--latents".into(), s(&lat).into()]);
     let o = run(args);
     assert_fails(&o, &["lat.npy", "[2, 3, 4, 4]"], &outs);
 
     // Latents whose count disagrees with --seeds.
-    write_npy_f32(&lat, &[3, 3, 8, 8], 0.0);
+    write_npy_filled(&lat, &[3, 3, 8, 8], 0.0);
     let mut args = base(&ckpt);
     args.extend(["--latents".into(), s(&lat).into()]);
     let o = run(args);
