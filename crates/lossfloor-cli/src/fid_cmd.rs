@@ -145,10 +145,7 @@ fn run_ref(a: RefArgs) -> Result<()> {
         bail!("{spec}: {count} image(s); reference statistics need at least 2");
     }
     let stats = dataset_stats(&net, &data, count)?;
-    // Write beside the target and rename: a failed run never leaves a partial .npz.
-    let tmp = a.out.with_extension("npz.partial");
-    save_stats_npz(&tmp, &stats.mu(), stats.sigma().as_ref())?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    save_stats_npz(&a.out, &stats.mu(), stats.sigma().as_ref())?;
     println!("wrote {} ({count} images of {spec})", a.out.display());
     Ok(())
 }

@@ -201,7 +201,8 @@ fn write_npy(
 }
 
 /// Writes `mu` (shape `[d]`) and `sigma` (`[d, d]`) as float64 arrays into an
-/// uncompressed `.npz` (what `np.savez` produces).
+/// uncompressed `.npz` (what `np.savez` produces). Atomic: the archive is written to a
+/// temporary file beside `path`, fsynced and renamed, so `path` is never half-written.
 pub fn save_stats_npz(
     path: impl AsRef<Path>,
     mu: &[f64],
@@ -212,6 +213,25 @@ pub fn save_stats_npz(
     if sigma.nrows() != d || sigma.ncols() != d {
         return Err(FidError::Input("sigma must be d x d".into()));
     }
+    let io = |e: std::io::Error| FidError::io(path, e);
+    let name = path
+        .file_name()
+        .ok_or_else(|| FidError::Input(format!("{} is not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.partial{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written =
+        write_stats_archive(&tmp, mu, sigma).and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_stats_archive(path: &Path, mu: &[f64], sigma: MatRef<'_, f64>) -> Result<(), FidError> {
+    let d = mu.len();
     let io = |e: std::io::Error| FidError::io(path, e);
     let zerr = |e: zip::result::ZipError| FidError::Npz {
         path: path.to_owned(),
@@ -231,9 +251,9 @@ pub fn save_stats_npz(
         &[d as u64, d as u64],
     )
     .map_err(io)?;
-    let mut inner = zip.finish().map_err(zerr)?;
-    inner.flush().map_err(io)?;
-    Ok(())
+    let inner = zip.finish().map_err(zerr)?;
+    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)
 }
 
 fn read_npy_f64(bytes: &[u8]) -> std::io::Result<(Vec<u64>, Vec<f64>, bool)> {
