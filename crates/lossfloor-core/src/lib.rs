@@ -28,6 +28,7 @@
 pub mod edm;
 pub mod error;
 pub mod flow;
+pub mod fs;
 pub mod iddpm;
 pub mod noise;
 pub mod precond;

@@ -213,47 +213,32 @@ pub fn save_stats_npz(
     if sigma.nrows() != d || sigma.ncols() != d {
         return Err(FidError::Input("sigma must be d x d".into()));
     }
-    let io = |e: std::io::Error| FidError::io(path, e);
-    let name = path
-        .file_name()
-        .ok_or_else(|| FidError::Input(format!("{} is not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.partial{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written =
-        write_stats_archive(&tmp, mu, sigma).and_then(|()| std::fs::rename(&tmp, path).map_err(io));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-fn write_stats_archive(path: &Path, mu: &[f64], sigma: MatRef<'_, f64>) -> Result<(), FidError> {
-    let d = mu.len();
-    let io = |e: std::io::Error| FidError::io(path, e);
-    let zerr = |e: zip::result::ZipError| FidError::Npz {
-        path: path.to_owned(),
-        msg: e.to_string(),
-    };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored)
-        .large_file(d * d * 8 > u32::MAX as usize / 2);
-    zip.start_file("mu.npy", opts).map_err(zerr)?;
-    write_npy(&mut zip, mu.iter().copied(), &[d as u64]).map_err(io)?;
-    zip.start_file("sigma.npy", opts).map_err(zerr)?;
-    write_npy(
-        &mut zip,
-        (0..d).flat_map(|i| (0..d).map(move |j| sigma[(i, j)])),
-        &[d as u64, d as u64],
+    lossfloor_core::fs::write_atomic_with(
+        path,
+        |w| {
+            let io = |e: std::io::Error| FidError::io(path, e);
+            let zerr = |e: zip::result::ZipError| FidError::Npz {
+                path: path.to_owned(),
+                msg: e.to_string(),
+            };
+            let mut zip = zip::ZipWriter::new(w);
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .large_file(d * d * 8 > u32::MAX as usize / 2);
+            zip.start_file("mu.npy", opts).map_err(zerr)?;
+            write_npy(&mut zip, mu.iter().copied(), &[d as u64]).map_err(io)?;
+            zip.start_file("sigma.npy", opts).map_err(zerr)?;
+            write_npy(
+                &mut zip,
+                (0..d).flat_map(|i| (0..d).map(move |j| sigma[(i, j)])),
+                &[d as u64, d as u64],
+            )
+            .map_err(io)?;
+            zip.finish().map_err(zerr)?;
+            Ok(())
+        },
+        FidError::io,
     )
-    .map_err(io)?;
-    let inner = zip.finish().map_err(zerr)?;
-    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)
 }
 
 fn read_npy_f64(bytes: &[u8]) -> std::io::Result<(Vec<u64>, Vec<f64>, bool)> {

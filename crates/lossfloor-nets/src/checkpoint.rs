@@ -37,9 +37,8 @@
 //! (checked by shape).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -203,36 +202,10 @@ fn file_err(what: &str, path: &Path, e: impl std::fmt::Display) -> NetsError {
     NetsError::Input(format!("{what} {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder is
-/// written, fsynced and renamed over `path`; on error it is removed.
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| file_err("checkpoint", path, "not a file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(file_err("cannot write checkpoint", path, e));
-    }
-    Ok(())
+    lossfloor_core::fs::write_atomic(path, bytes)
+        .map_err(|e| file_err("cannot write checkpoint", path, e))
 }
 
 /// Saves a network checkpoint (safetensors) with the metadata keys

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use lossfloor_core::fs::write_atomic;
 use serde::{Deserialize, Serialize};
 
 /// Which dataset a curve was computed on.
@@ -169,32 +170,4 @@ impl Curve {
         }
         out
     }
-}
-
-/// Writes `bytes` to `path` so that `path` is either the old file or the complete new one:
-/// write a temporary file beside it, fsync, then rename over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

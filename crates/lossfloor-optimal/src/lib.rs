@@ -22,11 +22,12 @@ mod source;
 mod stats;
 mod subset;
 
-pub use curve::{write_atomic, Curve, CurveError, CurvePoint, DatasetInfo};
+pub use curve::{Curve, CurveError, CurvePoint, DatasetInfo};
 pub use error::EstimateError;
 pub use exact::{estimate_exact, exact_query};
 pub use gaussian::{covariance_eigenvalues, gaussian_optimal_loss};
 pub use kernel::{posterior_moments, QueryTile, SourceTerm};
+pub use lossfloor_core::fs::write_atomic;
 pub use method::{default_c, default_subset, EstimateParams, Method};
 pub use source::{per_dim_variance, row_mean, DenseRows, RowSource};
 pub use stats::{mean_stderr, MeanStderr};

@@ -1,8 +1,8 @@
 //! `.npy` latents in and out, uint8 conversion and PNG output; every file is written
 //! atomically (temporary file in the same folder, fsync, rename).
 
-use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -26,36 +26,10 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&File>) -> Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| SamplerError::Invalid(format!("{}: not a file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        {
-            let mut w = BufWriter::new(&file);
-            write(&mut w)?;
-            w.flush().map_err(io_err(&tmp))?;
-        }
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    lossfloor_core::fs::write_atomic_with(path, write, |p, source| SamplerError::Io {
+        path: p.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads latents from a `.npy` file (f32 or f64, C or Fortran order) of shape
