@@ -6,7 +6,11 @@ and resampling as EDM's DDPM++ with augment_dim 9, so the parameter count must e
 55,733,891 (checked at start). Times forward and forward+backward, and a full training step
 (EDM loss, Adam), at a given batch, median of repeats, and prints one JSON line.
 
-Usage: ref_ddpmpp_torch.py [BATCH] [REPEATS] [THREADS]
+On a GPU (DEVICE cuda) it also times EDM's deterministic Heun sampler (18 steps, 35
+network evaluations) on SAMPLE_BATCH images, and uses float32 matmuls without TF32, like
+lossfloor.
+
+Usage: ref_ddpmpp_torch.py [BATCH] [REPEATS] [THREADS] [DEVICE] [SAMPLE_BATCH]
 """
 import json, math, sys, time
 import torch
@@ -86,7 +90,7 @@ class DDPMpp(nn.Module):
 
     def forward(self, x, noise_labels, augment_labels):
         half = self.ch // 2
-        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32) / (half - 1))
+        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float32, device=noise_labels.device) / (half - 1))
         e = noise_labels[:, None] * freqs[None]
         emb = torch.cat([e.sin(), e.cos()], dim=1) + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
@@ -101,47 +105,94 @@ class DDPMpp(nn.Module):
         return self.out_conv(F.silu(self.out_norm(x)))
 
 
+def heun(net, latents, aug, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, sd=0.5):
+    """EDM's deterministic Heun sampler (Algorithm 1) with EDM preconditioning, float64 state."""
+    def denoise(x, t):
+        t32 = torch.full((x.shape[0],), float(t), device=x.device)
+        c_skip, c_out, c_in = sd**2 / (t**2 + sd**2), t * sd / (t**2 + sd**2) ** 0.5, 1 / (t**2 + sd**2) ** 0.5
+        f = net((c_in * x).float(), t32.log() / 4, aug).double()
+        return c_skip * x + c_out * f
+
+    i = torch.arange(steps, dtype=torch.float64)
+    ts = (sigma_max ** (1 / rho) + i / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    ts = torch.cat([ts, torch.zeros(1, dtype=torch.float64)]).tolist()
+    x = latents.double() * ts[0]
+    for k in range(steps):
+        t, t_next = ts[k], ts[k + 1]
+        d = (x - denoise(x, t)) / t
+        x_next = x + (t_next - t) * d
+        if k < steps - 1:
+            d2 = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x + (t_next - t) * (0.5 * d + 0.5 * d2)
+        x = x_next
+    return x
+
+
 def main():
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+    device = torch.device(sys.argv[4] if len(sys.argv) > 4 else "cpu")
+    sample_batch = int(sys.argv[5]) if len(sys.argv) > 5 else 256
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    net = DDPMpp()
+    net = DDPMpp().to(device)
     count = sum(p.numel() for p in net.parameters())
     assert count == 55_733_891, count
-    x = torch.randn(batch, 3, 32, 32)
-    sigma = (torch.randn(batch) * 1.2 - 1.2).exp()
-    aug = torch.zeros(batch, 9)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    sigma = (torch.randn(batch, device=device) * 1.2 - 1.2).exp()
+    aug = torch.zeros(batch, 9, device=device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def fwd():
         with torch.no_grad():
             net(x, sigma.log() / 4, aug)
+        sync()
 
     def fwd_bwd():
         net(x, sigma.log() / 4, aug).square().mean().backward()
+        sync()
 
     def train_step():
         # EDM loss: D = c_skip·y_n + c_out·F(c_in·y_n; ln σ/4), weight (σ²+σd²)/(σσd)².
         sd = 0.5
-        s = sigma[:, None, None, None]
+        s = (torch.randn(batch, device=device) * 1.2 - 1.2).exp()[:, None, None, None]
         n = torch.randn_like(x) * s
         c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt(), 1 / (s**2 + sd**2).sqrt()
-        d = c_skip * (x + n) + c_out * net(c_in * (x + n), sigma.log() / 4, aug)
+        d = c_skip * (x + n) + c_out * net(c_in * (x + n), s.flatten().log() / 4, aug)
         loss = ((s**2 + sd**2) / (s * sd) ** 2 * (d - x) ** 2).sum() / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
 
-    out = {"impl": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": batch, "params": count}
-    for name, f in [("fwd", fwd), ("fwd_bwd", fwd_bwd), ("train_step", train_step)]:
+    sample_aug = torch.zeros(sample_batch, 9, device=device)
+    latents = torch.randn(sample_batch, 3, 32, 32, device=device)
+
+    def sampling():
+        with torch.no_grad():
+            heun(net.eval(), latents, sample_aug)
+        net.train()
+        sync()
+
+    out = {"impl": "pytorch", "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(), "batch": batch, "params": count}
+    jobs = [("fwd", fwd, batch), ("fwd_bwd", fwd_bwd, batch), ("train_step", train_step, batch)]
+    if device.type == "cuda":
+        jobs.append(("sample", sampling, sample_batch))
+        out["sample_batch"] = sample_batch
+    for name, f, n in jobs:
         f()
         ts = []
-        for _ in range(repeats):
+        for _ in range(repeats if name != "sample" else 2):
             t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
         ts.sort()
         out[name + "_s"] = ts[len(ts) // 2]
-        out[name + "_img_s"] = batch / ts[len(ts) // 2]
+        out[name + "_img_s"] = n / ts[len(ts) // 2]
     print(json.dumps(out))
 
 

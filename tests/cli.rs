@@ -41,6 +41,21 @@ fn bad_input_gives_clear_errors_and_no_output() {
     );
     assert_fails(&run(&["--data", "bogus:1"]), &["bogus"], &[&out]);
     assert_fails(
+        &run(&["--data", &data, "--device", "tpu"]),
+        &[
+            "--device \"tpu\"",
+            "expected \"cpu\", \"cuda\" or \"cuda:N\"",
+        ],
+        &[&out],
+    );
+    // This test binary is built without the cuda feature: the error says how to get one.
+    #[cfg(not(feature = "cuda"))]
+    assert_fails(
+        &run(&["--data", &data, "--device", "cuda:0"]),
+        &["built without CUDA", "scripts/build-cuda.sh"],
+        &[&out],
+    );
+    assert_fails(
         &run(&["--data", &data, "--sigmas", "0,1"]),
         &["σ = 0"],
         &[&out],

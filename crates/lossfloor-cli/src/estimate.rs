@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_data::{load, DataSpec};
-use lossfloor_optimal::{estimate, write_atomic, EstimateParams, Method};
+use lossfloor_optimal::{estimate_on, write_atomic, EstimateParams, Method};
 
 use crate::data_rows::DataRows;
 use crate::plot::{check_font, plot_curves};
@@ -57,6 +57,10 @@ pub struct EstimateArgs {
     /// Add horizontally flipped copies of every image (estimate the floor of x-flip training)
     #[arg(long)]
     xflip: bool,
+    /// Compute device: cpu, or cuda[:N] (exact method only; needs a binary built by
+    /// scripts/build-cuda.sh). Same queries and result (to float32 rounding) as on the CPU.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
     /// Use only the first N images of the dataset
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -116,6 +120,13 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
+    let device = lossfloor_ops::open_device(&args.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    if !device.is_cpu() && method != Method::Exact {
+        bail!(
+            "--method {method} runs on the CPU only: on a GPU (--device {}) use --method exact",
+            args.device
+        );
+    }
 
     let spec: DataSpec = args.data.parse()?;
     let t0 = Instant::now();
@@ -162,12 +173,12 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     if let Some(n) = args.limit {
         label.push_str(&format!(" (first {n})"));
     }
-    let curve = estimate(&DataRows(&data), &label, &sigmas, &params, &|k| {
+    let curve = estimate_on(&device, &DataRows(&data), &label, &sigmas, &params, &|k| {
         bar.inc(k as u64)
     })?;
     bar.finish_and_clear();
     eprintln!(
-        "estimated {} points in {:.1}s",
+        "estimated {} points in {:.2}s",
         curve.points.len(),
         t1.elapsed().as_secs_f64()
     );

@@ -45,6 +45,9 @@ struct DetectorArgs {
     /// Images per Inception batch
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Compute device: cpu, or cuda[:N] (needs a binary built by scripts/build-cuda.sh)
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -92,7 +95,8 @@ fn load_detector(d: &DetectorArgs) -> Result<InceptionV3> {
     if d.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let mut net = InceptionV3::load(&d.weights)?;
+    let device = lossfloor_ops::open_device(&d.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let mut net = InceptionV3::load_on(&d.weights, &device)?;
     net.batch_size = d.batch;
     Ok(net)
 }

@@ -105,6 +105,10 @@ pub struct SampleArgs {
     /// ODE solver
     #[arg(long, value_enum, default_value = "heun")]
     solver: SolverArg,
+    /// Compute device: cpu, or cuda[:N] (needs a binary built by scripts/build-cuda.sh).
+    /// Latents are drawn on the CPU per seed, so a seed gives the same image on any device.
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    device: String,
 }
 
 /// Checks that `path` can be created as a file: its folder exists and is writable, and
@@ -180,7 +184,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<LoadedNetwork> {
 
 /// Runs `lossfloor sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = lossfloor_ops::open_device(&args.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
 
     // Everything that can be checked before loading and sampling.
     if args.grid.is_none() && args.outdir.is_none() && args.out_npy.is_none() {

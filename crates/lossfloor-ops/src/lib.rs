@@ -8,9 +8,11 @@
 //! networks can call them unconditionally.
 
 mod conv;
+pub mod device;
 mod elem;
 mod group_norm;
 mod storage;
 
 pub use conv::{conv2d, conv2d_reference};
+pub use device::{open_device, parse_device_name, DeviceError};
 pub use group_norm::{group_norm, group_norm_reference};

@@ -29,6 +29,10 @@ pub enum EstimateError {
     CNotUsed(Method),
     #[error("--c {0} is not allowed: expected C ≥ 1 (C = 1 is DOL, C = inf is SNIS on L−1 rows)")]
     BadC(f64),
+    #[error("--method {0} runs on the CPU only: on a GPU (--device cuda) use --method exact")]
+    CpuOnly(Method),
+    #[error("the estimator failed on the device: {0}")]
+    Device(String),
     #[error("covariance eigendecomposition failed: {0}")]
     Eigen(String),
 }

@@ -10,6 +10,7 @@
 //! like EDM's `Loss/loss`) with a Monte-Carlo standard error. See `docs/optimal-loss.md`.
 
 mod curve;
+mod device_exact;
 mod draws;
 mod error;
 mod exact;
@@ -23,6 +24,9 @@ mod stats;
 mod subset;
 
 pub use curve::{Curve, CurveError, CurvePoint, DatasetInfo};
+pub use device_exact::{
+    estimate_exact_on_device, estimate_exact_on_device_tiled, DEVICE_QUERY_TILE,
+};
 pub use error::EstimateError;
 pub use exact::{estimate_exact, exact_query};
 pub use gaussian::{covariance_eigenvalues, gaussian_optimal_loss};
@@ -44,6 +48,30 @@ pub fn estimate(
     params: &EstimateParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Curve, EstimateError> {
+    estimate_on(
+        &candle_core::Device::Cpu,
+        data,
+        dataset_spec,
+        sigmas,
+        params,
+        progress,
+    )
+}
+
+/// [`estimate`] on a chosen device. On the CPU every method runs on the fused CPU kernels;
+/// on a GPU the exact estimator runs through [`estimate_exact_on_device`] (same queries,
+/// same result to float32 rounding) and the other methods are refused.
+pub fn estimate_on(
+    device: &candle_core::Device,
+    data: &dyn RowSource,
+    dataset_spec: &str,
+    sigmas: &[f64],
+    params: &EstimateParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Curve, EstimateError> {
+    if !device.is_cpu() && params.method != Method::Exact {
+        return Err(EstimateError::CpuOnly(params.method));
+    }
     let n = data.num_rows();
     let (subset, c) = params.resolve(n, sigmas)?;
     let mut sorted = sigmas.to_vec();
@@ -54,7 +82,20 @@ pub fn estimate(
         Method::Exact => {
             meta.insert("queries".into(), params.queries.into());
             meta.insert("seed".into(), params.seed.into());
-            estimate_exact(data, &sorted, params.queries, params.seed, progress)
+            if device.is_cpu() {
+                estimate_exact(data, &sorted, params.queries, params.seed, progress)
+            } else {
+                meta.insert("device".into(), format!("{:?}", device.location()).into());
+                estimate_exact_on_device(
+                    data,
+                    &sorted,
+                    params.queries,
+                    params.seed,
+                    device,
+                    progress,
+                )
+                .map_err(|e| EstimateError::Device(e.to_string()))?
+            }
         }
         Method::Dol | Method::Cdol | Method::Snis => {
             let l = subset.expect("resolved");

@@ -4,6 +4,8 @@
 //! [`RowSource`] hands out contiguous rows on request (converting from u8 storage,
 //! applying x-flips, …), so memory stays bounded by the chunk size, not by N.
 
+use rayon::prelude::*;
+
 /// A dataset seen as N rows of D float32 values.
 pub trait RowSource: Sync {
     /// Number of rows N.
@@ -56,22 +58,34 @@ impl RowSource for DenseRows {
     }
 }
 
-/// Per-dimension mean of all rows, accumulated in f64 (one streaming pass).
+/// Per-dimension mean of all rows, accumulated in f64 (one streaming pass, chunks in
+/// parallel; the partial sums are added in chunk order, so the result does not depend on
+/// the thread count).
 pub fn row_mean(source: &dyn RowSource) -> Vec<f64> {
     let (n, d) = (source.num_rows(), source.row_dim());
-    let mut sum = vec![0f64; d];
-    let mut scratch = Vec::new();
-    for start in (0..n).step_by(CHUNK_FOR_STATS) {
-        let count = CHUNK_FOR_STATS.min(n - start);
-        let rows = source.rows(start, count, &mut scratch);
-        for row in rows.chunks_exact(d) {
-            for (s, &v) in sum.iter_mut().zip(row) {
-                *s += v as f64;
+    let partials: Vec<Vec<f64>> = chunk_starts(n)
+        .into_par_iter()
+        .map_init(Vec::new, |scratch, start| {
+            let count = CHUNK_FOR_STATS.min(n - start);
+            let mut sum = vec![0f64; d];
+            for row in source.rows(start, count, scratch).chunks_exact(d) {
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v as f64;
+                }
             }
-        }
+            sum
+        })
+        .collect();
+    let mut sum = vec![0f64; d];
+    for p in &partials {
+        sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
     }
     sum.iter_mut().for_each(|s| *s /= n as f64);
     sum
+}
+
+fn chunk_starts(n: usize) -> Vec<usize> {
+    (0..n).step_by(CHUNK_FOR_STATS).collect()
 }
 
 /// [`row_mean`] rounded to f32, the precision the kernels centre with.
@@ -107,17 +121,21 @@ pub fn centered_rows(
 pub fn per_dim_variance(source: &dyn RowSource) -> f64 {
     let (n, d) = (source.num_rows(), source.row_dim());
     let mean = row_mean(source);
-    let mut total = 0f64;
-    let mut scratch = Vec::new();
-    for start in (0..n).step_by(CHUNK_FOR_STATS) {
-        let count = CHUNK_FOR_STATS.min(n - start);
-        for row in source.rows(start, count, &mut scratch).chunks_exact(d) {
-            total += row
-                .iter()
-                .zip(&mean)
-                .map(|(&v, &m)| (v as f64 - m).powi(2))
-                .sum::<f64>();
-        }
-    }
-    total / (n * d) as f64
+    let partials: Vec<f64> = chunk_starts(n)
+        .into_par_iter()
+        .map_init(Vec::new, |scratch, start| {
+            let count = CHUNK_FOR_STATS.min(n - start);
+            source
+                .rows(start, count, scratch)
+                .chunks_exact(d)
+                .map(|row| {
+                    row.iter()
+                        .zip(&mean)
+                        .map(|(&v, &m)| (v as f64 - m).powi(2))
+                        .sum::<f64>()
+                })
+                .sum()
+        })
+        .collect();
+    partials.iter().sum::<f64>() / (n * d) as f64
 }

@@ -83,6 +83,30 @@ fn exact_matches_float64_brute_force() {
     }
 }
 
+/// The device estimator (candle ops; the GPU path), run here on the CPU with small chunks so
+/// the online softmax rescales across chunks, against the same float64 brute force.
+#[test]
+fn device_exact_matches_float64_brute_force() {
+    let data = clustered(700, 9, 1);
+    let sigmas = [0.01, 0.05, 0.2, 0.5, 1.0, 3.0, 30.0];
+    let dev = candle_core::Device::Cpu;
+    let got = estimate_exact_on_device_tiled(&data, &sigmas, 300, 7, &dev, 128, 256, &no_progress)
+        .unwrap();
+    let fused = estimate_exact(&data, &sigmas, 300, 7, &no_progress);
+    let var = per_dim_variance(&data);
+    for ((&s, g), f) in sigmas.iter().zip(&got).zip(&fused) {
+        let want = brute_force_exact(&data, s, 300, 7);
+        let tol = 1e-6 * want.abs() + 2e-6 * var;
+        assert!(
+            (g.mean - want).abs() <= tol,
+            "σ̂={s}: got {} want {want} (tol {tol})",
+            g.mean
+        );
+        assert!((g.stderr - f.stderr).abs() <= 1e-3 * f.stderr + 2e-6 * var);
+        assert_eq!(g.count, 300);
+    }
+}
+
 #[test]
 fn exact_is_independent_of_thread_count() {
     let data = clustered(600, 7, 2);

@@ -481,22 +481,12 @@ impl TrainConfig {
 
     /// The parsed `device`: None for the CPU, Some(ordinal) for CUDA.
     pub fn device_ordinal(&self) -> Result<Option<usize>> {
-        match self.device.as_str() {
-            "cpu" => Ok(None),
-            "cuda" => Ok(Some(0)),
-            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(i)) => Ok(Some(i)),
-                _ => bail!("train.device = {s:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""),
-            },
-        }
+        lossfloor_ops::parse_device_name(&self.device).map_err(|e| anyhow::anyhow!("train.{e}"))
     }
 
     /// The candle device named by `device`.
     pub fn device(&self) -> Result<Device> {
-        Ok(match self.device_ordinal()? {
-            None => Device::Cpu,
-            Some(i) => Device::new_cuda(i)?,
-        })
+        lossfloor_ops::open_device(&self.device).map_err(|e| anyhow::anyhow!("train.{e}"))
     }
 }
 

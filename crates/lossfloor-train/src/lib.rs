@@ -36,11 +36,19 @@ pub struct TrainArgs {
     /// Run directory (default: runs/<config file stem>).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Compute device: `cpu`, `cuda` or `cuda:N` (overrides the config's `train.device`;
+    /// CUDA needs a binary built by scripts/build-cuda.sh).
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub device: Option<String>,
 }
 
 /// `lossfloor train`: loads the config and the data, then trains (or resumes).
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&args.config, &args.set)?;
+    let mut set = args.set.clone();
+    if let Some(device) = &args.device {
+        set.push(format!("train.device={device:?}"));
+    }
+    let cfg = Config::load(&args.config, &set)?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         let stem = args
             .config

@@ -58,6 +58,8 @@ tick_kimg = 0.004
         ],
         resume: resume.map(str::to_string),
         run_dir: Some(run_dir.clone()),
+        // --device cpu: exercises the flag, which overrides train.device
+        device: Some("cpu".to_string()),
     };
     run_train(args("0.008", None)).unwrap();
     let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();

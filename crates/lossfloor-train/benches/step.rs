@@ -1,0 +1,178 @@
+//! DDPM++ (EDM's CIFAR-10 SongUNet, 55.7 M parameters) training-step and Heun-sampling
+//! throughput on a device; median of repeats; one JSON line (read by scripts/gpu-check.sh).
+//!
+//! The training step is the one scripts/ref_ddpmpp_torch.py times: EDM loss
+//! (D = c_skip·y + c_out·F(c_in·y; ln σ/4), weight (σ²+σ_d²)/(σσ_d)², σ log-normal), backward,
+//! our Adam. Sampling is EDM's deterministic Heun sampler, 18 steps = 35 network evaluations.
+//!
+//! Usage: cargo bench -p lossfloor-train --bench step -- [--device cuda] [--batch 128]
+//!        [--repeats 5] [--sample-batch 256] [--sample-repeats 2]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use candle_nn::VarMap;
+use lossfloor_nets::checkpoint::{varmap_tensors, NetworkSpec, PrecondSpec};
+use lossfloor_nets::{Network, SongUNet, SongUNetConfig};
+use lossfloor_sampler::net_denoiser::network_denoiser;
+use lossfloor_sampler::{sample, HeunConfig, SeedRng};
+use lossfloor_train::adam::Adam;
+use lossfloor_train::config::OptimizerConfig;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Waits for queued device work, so wall-clock timings include it.
+fn sync(t: &Tensor) {
+    t.flatten_all()
+        .unwrap()
+        .narrow(0, 0, 1)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+}
+
+/// Median seconds of `repeats` training steps (after one warm-up step) at `batch`.
+fn time_train_steps(
+    net: &SongUNet,
+    vars: &[Var],
+    adam: &mut Adam,
+    device: &Device,
+    batch: usize,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), device)?;
+    let aug = Tensor::zeros((batch, 9), DType::F32, device)?;
+    let sd = 0.5f64;
+    let mut train_step = || -> anyhow::Result<()> {
+        // σ = exp(1.2·z − 1.2), EDM's training distribution.
+        let sigma = Tensor::randn(0f32, 1.0, (batch, 1, 1, 1), device)?
+            .affine(1.2, -1.2)?
+            .exp()?;
+        let s2 = sigma.sqr()?;
+        let s2_sd2 = s2.affine(1.0, sd * sd)?;
+        let c_skip = s2_sd2.recip()?.affine(sd * sd, 0.0)?;
+        let c_out = (&sigma * s2_sd2.sqrt()?.recip()?)?.affine(sd, 0.0)?;
+        let c_in = s2_sd2.sqrt()?.recip()?;
+        let weight = (&s2_sd2 / s2.affine(sd * sd, 0.0)?)?;
+        let y = (&x + Tensor::randn_like(&x, 0.0, 1.0)?.broadcast_mul(&sigma)?)?;
+        let c_noise = sigma.log()?.affine(0.25, 0.0)?.flatten_all()?;
+        let f = net.forward(&y.broadcast_mul(&c_in)?, &c_noise, None, Some(&aug), true)?;
+        let d = (y.broadcast_mul(&c_skip)? + f.broadcast_mul(&c_out)?)?;
+        let loss = ((d - &x)?.sqr()?.broadcast_mul(&weight)?)
+            .sum_all()?
+            .affine(1.0 / batch as f64, 0.0)?;
+        let grads = loss.backward()?;
+        let g = vars
+            .iter()
+            .map(|v| {
+                grads
+                    .get(v.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("a weight has no gradient"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        adam.step(vars, &g, 1e-4)?;
+        sync(vars[0].as_tensor());
+        Ok(())
+    };
+    train_step()?; // warm-up (kernel loading, allocator)
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        train_step()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn main() {
+    let device = lossfloor_ops::open_device(&arg("--device", "cpu")).expect("device opens");
+    let batch: usize = arg("--batch", "128").parse().expect("--batch N");
+    let repeats: usize = arg("--repeats", "5").parse().expect("--repeats N");
+    let sample_batch: usize = arg("--sample-batch", "256")
+        .parse()
+        .expect("--sample-batch N");
+    let sample_repeats: usize = arg("--sample-repeats", "2")
+        .parse()
+        .expect("--sample-repeats N");
+
+    let cfg = SongUNetConfig::ddpmpp_cifar10();
+    let varmap = VarMap::new();
+    let net = SongUNet::new(&cfg, &varmap, &device, 0).expect("DDPM++ builds");
+    let params = Network::num_parameters(&net);
+    let vars: Vec<Var> = net
+        .trainable_vars(&varmap)
+        .expect("vars")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let mut adam = Adam::new(&vars, &OptimizerConfig::default()).expect("Adam");
+
+    let step_s =
+        time_train_steps(&net, &vars, &mut adam, &device, batch, repeats).unwrap_or_else(|e| {
+            eprintln!("bench-step: training step at batch {batch} failed: {e}");
+            std::process::exit(3)
+        });
+
+    let precond = PrecondSpec {
+        process: "edm".into(),
+        sigma_data: Some(0.5),
+    };
+    // Sampling needs no gradients: an inference copy built from detached tensors, so candle
+    // does not keep every intermediate alive for a backward pass that never comes.
+    let frozen: std::collections::HashMap<String, Tensor> = varmap_tensors(&varmap)
+        .expect("weights")
+        .into_iter()
+        .map(|(name, t)| (name, t.detach()))
+        .collect();
+    let inference = NetworkSpec::SongUNet(cfg.clone())
+        .build_from(VarBuilder::from_tensors(frozen, DType::F32, &device))
+        .expect("inference copy builds");
+    let denoiser = network_denoiser(inference.as_ref(), &precond, 3).unwrap();
+    let heun = HeunConfig::default(); // 18 steps, 35 evaluations
+    let seeds: Vec<u64> = (0..sample_batch as u64).collect();
+    let run_sampler = || -> anyhow::Result<()> {
+        let mut rng = SeedRng::new(&seeds);
+        let latents = rng.randn(&[3, 32, 32], &device)?;
+        let mut noise = |shape: &[usize]| rng.randn_like(shape, &device);
+        let out = sample(&denoiser, &latents, None, &heun, &mut noise)?;
+        sync(&out);
+        Ok(())
+    };
+    let sample_s = run_sampler().and_then(|_| {
+        let mut times = Vec::new();
+        for _ in 0..sample_repeats {
+            let t = Instant::now();
+            run_sampler()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        Ok(median(times))
+    });
+    let (sample_s, sample_img_s) = match sample_s {
+        Ok(t) => (format!("{t:.3}"), format!("{:.2}", sample_batch as f64 / t)),
+        Err(e) => {
+            eprintln!("bench-step: sampling at batch {sample_batch} failed: {e}");
+            ("null".into(), "null".into())
+        }
+    };
+    println!(
+        "{{\"impl\": \"lossfloor\", \"device\": \"{:?}\", \"params\": {params}, \"batch\": {batch}, \"train_step_s\": {step_s:.4}, \"train_step_img_s\": {:.2}, \"sample_batch\": {sample_batch}, \"nfe\": {}, \"sample_s\": {sample_s}, \"sample_img_s\": {sample_img_s}}}",
+        device.location(),
+        batch as f64 / step_s,
+        2 * heun.num_steps - 1,
+    );
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine (x86-64, NVIDIA driver, PyTorch with its CUDA 13 libraries, no Rust
+# toolchain, no internet), from the repository root, with dist/cuda/ from
+# scripts/build-cuda.sh beside it:
+#
+#   1. the CPU-vs-CUDA agreement tests (tests/cuda.rs): the exact estimator, the denoiser of
+#      each network (DDPM++, NCSN++, ADM, DiT), a training run and the Heun sampler;
+#   2. a timing table, each lossfloor figure beside a PyTorch one measured in the same run on
+#      the same GPU:
+#      - exact estimator on CIFAR-10-shaped rows (EST_N=50,000 × 3072, synthetic uint8),
+#        EST_QUERIES=4096 queries × EST_K=32 σ in [0.002, 80], median of 3, against scripts/bench_estimator_torch.py (same algorithm), and the
+#        GPU's float32 matmul rate (8192³, TF32 off);
+#      - DDPM++ CIFAR-10 training step (EDM loss, backward, Adam) at batch 128 (or the
+#        largest power-of-two batch below that fits lossfloor in GPU memory, with PyTorch at
+#        both batches), images/s, against scripts/ref_ddpmpp_torch.py (same network,
+#        55,733,891 parameters);
+#      - EDM Heun sampling, 18 steps = 35 network evaluations, batch 128, images/s.
+#
+# Usage: scripts/gpu-check.sh [OUT_DIR]   (writes OUT_DIR/gpu-check.md and the logs; default out/gpu)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-out/gpu}
+mkdir -p "$OUT"
+DIST=${DIST:-dist/cuda}
+EST_N=${EST_N:-50000}; EST_QUERIES=${EST_QUERIES:-4096}; EST_K=${EST_K:-32}
+if [ ! -x "$DIST/lossfloor" ] && [ -f "$DIST.tar.xz" ]; then
+    mkdir -p "$DIST" && tar -xJf "$DIST.tar.xz" -C "$DIST"
+fi
+[ -x "$DIST/lossfloor" ] || { echo "gpu-check: $DIST/lossfloor missing: run scripts/build-cuda.sh first" >&2; exit 2; }
+
+# The CUDA 13 libraries the binaries link (cuBLAS, cuBLASLt, cuRAND, NVRTC, the runtime):
+# found wherever PyTorch's wheels put them.
+libdirs=""
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
+    f=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') /usr/local/cuda* \
+        -name "$lib" 2>/dev/null | head -1)
+    [ -n "$f" ] || f=$(find / -xdev -name "$lib" 2>/dev/null | head -1)
+    [ -n "$f" ] || { echo "gpu-check: $lib not found on this machine" >&2; exit 2; }
+    libdirs="$libdirs:$(dirname "$f")"
+done
+export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+PY=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+GPU=$(cut -d, -f1 "$OUT/gpu.txt" | head -1)
+
+echo "== 1. CPU vs CUDA agreement tests"
+"$DIST/cuda-tests" --test-threads=1 2>&1 | tee "$OUT/agreement.log"
+tests_rc=${PIPESTATUS[0]}
+
+echo "== 2a. exact estimator"
+DATA=$OUT/cifar-shaped.npy
+$PY -c "import numpy as np; np.save('$DATA', np.random.default_rng(0).integers(0, 256, ($EST_N, 3, 32, 32), dtype=np.uint8))"
+ours_est=()
+for r in 1 2 3; do
+    "$DIST/lossfloor" estimate --data "npy:$DATA" --device cuda --queries "$EST_QUERIES" \
+        --sigmas "logspace:0.002:80:$EST_K" --out "$OUT/curve-cuda.json" >"$OUT/estimate.out" 2>"$OUT/estimate.err"
+    ours_est+=("$(sed -n 's/^estimated .* in \([0-9.]*\)s$/\1/p' "$OUT/estimate.err")")
+done
+echo "lossfloor estimate times (s): ${ours_est[*]}"
+"$DIST/lossfloor" estimate --data "npy:$DATA" --device cuda --queries $((EST_QUERIES / 4)) \
+    --sigmas "logspace:0.002:80:$EST_K" --out "$OUT/curve-cuda-quarter.json" >/dev/null 2>"$OUT/estimate-quarter.err"
+sed -n 's/^estimated .* in \([0-9.]*\)s$/\1/p' "$OUT/estimate-quarter.err" >"$OUT/estimate-quarter.txt"
+$PY scripts/bench_estimator_torch.py "$DATA" "$EST_QUERIES" 0.002 80 "$EST_K" 3 | tee "$OUT/estimator-torch.json"
+
+echo "== 2b/2c. DDPM++ training step and Heun sampling"
+# Peak GPU memory of each process, read by nvidia-smi every 100 ms.
+peak_mem() { # LOG -> MiB
+    sort -n "$1" 2>/dev/null | tail -1
+}
+with_mem() { # LOG CMD... : runs CMD while logging used GPU memory to LOG
+    local log=$1; shift
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log" &
+    local smi=$!
+    "$@"; local rc=$?
+    kill $smi 2>/dev/null; wait $smi 2>/dev/null
+    return $rc
+}
+# The largest batch from 128 down that fits lossfloor in GPU memory, each try a fresh process.
+B=128
+until with_mem "$OUT/mem-ours.log" "$DIST/bench-step" --device cuda --batch $B --repeats 5 --sample-batch 128 --sample-repeats 2 >"$OUT/step-ours.json"; do
+    [ $B -gt 1 ] || { echo "gpu-check: bench-step failed even at batch 1" >&2; break; }
+    B=$((B / 2))
+done
+cat "$OUT/step-ours.json"
+echo "lossfloor peak GPU memory: $(peak_mem "$OUT/mem-ours.log") MiB" | tee "$OUT/mem-summary.txt"
+with_mem "$OUT/mem-torch.log" $PY scripts/ref_ddpmpp_torch.py "$B" 5 16 cuda 128 | tee "$OUT/step-torch.json"
+echo "PyTorch peak GPU memory: $(peak_mem "$OUT/mem-torch.log") MiB" | tee -a "$OUT/mem-summary.txt"
+if [ "$B" != 128 ]; then
+    $PY scripts/ref_ddpmpp_torch.py 128 5 16 cuda 128 | tee "$OUT/step-torch-128.json"
+fi
+
+$PY - "$OUT" "$GPU" "${ours_est[@]}" <<'PY' | tee "$OUT/gpu-check.md"
+import json, os, statistics, sys
+out, gpu, times = sys.argv[1], sys.argv[2].strip(), [float(t) for t in sys.argv[3:] if t]
+est = json.load(open(os.path.join(out, "estimator-torch.json")))
+ours = json.load(open(os.path.join(out, "step-ours.json")))
+torch_ = json.load(open(os.path.join(out, "step-torch.json")))
+m, n, d, k = est["queries"], est["n"], est["d"], est["sigmas"]
+nominal = 4 * m * n * d * k / 1e9            # distance GEMM + weighted sum, per σ
+executed = (4 * m * n * d + 2 * m * n * d * k) / 1e9  # shared GEMM pair once + weighted sum per σ
+t_ours, t_torch = statistics.median(times), est["estimator_s"]
+peak = est["sgemm_gflops"]
+print(f"GPU: {gpu}; PyTorch {est['torch']}; float32 matmul (8192³, TF32 off): {peak:,.0f} GFLOP/s\n")
+print("| | lossfloor | PyTorch | lossfloor / PyTorch |")
+print("|---|---|---|---|")
+print(f"| exact estimator, {n:,}×{d}, {m} queries × {k} σ: wall s | {t_ours:.2f} | {t_torch:.2f} | {t_torch / t_ours:.2f}× speed |")
+print(f"| … executed GFLOP/s (share of fp32 matmul peak) | {executed / t_ours:,.0f} ({executed / t_ours / peak:.0%}) | {executed / t_torch:,.0f} ({executed / t_torch / peak:.0%}) | |")
+print(f"| … effective GFLOP/s (nominal 4·M·N·D per σ) | {nominal / t_ours:,.0f} | {nominal / t_torch:,.0f} | |")
+try:
+    t_quarter = float(open(os.path.join(out, "estimate-quarter.txt")).read().split()[0])
+    marginal = executed * 0.75 / (t_ours - t_quarter)
+    print(f"| … lossfloor marginal GFLOP/s (4096 − 1024 queries; excludes upload and start-up) | {marginal:,.0f} ({marginal / peak:.0%}) | | |")
+except Exception as e:
+    print(f"(no marginal rate: {e})")
+print(f"| DDPM++ training step, batch {ours['batch']}: img/s | {ours['train_step_img_s']:.0f} | {torch_['train_step_img_s']:.0f} | {ours['train_step_img_s'] / torch_['train_step_img_s']:.2f} |")
+t128 = os.path.join(out, "step-torch-128.json")
+if os.path.exists(t128):
+    print(f"| PyTorch alone at batch 128: training step img/s | | {json.load(open(t128))['train_step_img_s']:.0f} | |")
+mem = open(os.path.join(out, "mem-summary.txt")).read().split("\n")
+mem = [l.split(": ")[-1].split()[0] if ": " in l else "?" for l in mem[:2]]
+print(f"| … peak GPU memory (nvidia-smi), MiB | {mem[0]} | {mem[1] if len(mem) > 1 else '?'} | |")
+so, st = ours.get("sample_img_s"), torch_.get("sample_img_s")
+print(f"| Heun sampling, {ours['nfe']} NFE, batch {ours['sample_batch']}: img/s | {so if so is None else f'{so:.1f}'} | {st:.1f} | {'' if so is None else f'{so / st:.2f}'} |")
+PY
+echo "agreement tests exit code: $tests_rc"
+exit "$tests_rc"

@@ -1,0 +1,384 @@
+//! CPU vs CUDA agreement: the estimator, the denoiser of each network, a training run and
+//! the Heun sampler give the same numbers on both devices, to float32 tolerance.
+//!
+//! Built only with the `cuda` feature (scripts/build-cuda.sh packs this test binary as
+//! dist/cuda/cuda-tests) and run on a GPU machine by scripts/gpu-check.sh. Each test builds
+//! its inputs on the CPU, copies them to the GPU, runs the same code on both, and compares.
+//!
+//! Tolerances: every path is float32 on both devices (candle's CUDA matmuls are cuBLAS
+//! SGEMM without TF32), so results differ only by summation order: relative errors of
+//! ~1e-6 per op, growing with depth. We allow 1e-4 relative (L2) for network outputs, 1e-3
+//! relative plus 1e-5 × data variance for J*(σ) (the sum of many exponentials at large
+//! σ, and a difference of two nearly equal moments at small σ), and 2e-4 absolute on weights
+//! after training steps of size ~1e-2.
+#![cfg(feature = "cuda")]
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use lossfloor_nets::checkpoint::{varmap_tensors, NetworkSpec, PrecondSpec};
+use lossfloor_nets::{DhariwalUNetConfig, DiTConfig, EmbeddingType, EncoderType, SongUNetConfig};
+use lossfloor_optimal::{estimate_exact, estimate_exact_on_device, DenseRows, MeanStderr};
+use lossfloor_sampler::net_denoiser::network_denoiser;
+use lossfloor_sampler::{sample, HeunConfig, SeedRng};
+
+/// One device for the whole test binary: tensors of two `Device::new_cuda(0)` calls are on
+/// different candle devices and cannot be mixed.
+fn gpu() -> Device {
+    static GPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        Device::new_cuda(0)
+            .expect("this test needs a CUDA GPU (run it through scripts/gpu-check.sh)")
+    })
+    .clone()
+}
+
+/// ‖a − b‖ / ‖b‖ over all elements, in f64.
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let b = b
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let num = (&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let den = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    (num / den).sqrt()
+}
+
+/// Clustered data: 6 centres in 48 dimensions plus small noise, so J*(σ) has a plateau, a
+/// rise and saturation across the tested σ.
+fn clustered(n: usize, d: usize) -> DenseRows {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let centres: Vec<Vec<f64>> = (0..6)
+        .map(|_| (0..d).map(|_| uniform()).collect())
+        .collect();
+    let values = (0..n)
+        .flat_map(|i| {
+            let c = centres[i % 6].clone();
+            c.into_iter()
+                .map(|v| (v + 0.05 * uniform()) as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    DenseRows::new(values, d)
+}
+
+#[test]
+fn exact_estimator_agrees_with_the_cpu_kernel() {
+    let data = clustered(3000, 48);
+    let sigmas: Vec<f64> = (0..12).map(|i| 0.003 * 2f64.powi(i)).collect();
+    let var = lossfloor_optimal::per_dim_variance(&data);
+    let cpu = estimate_exact(&data, &sigmas, 1500, 3, &|_| {});
+    let dev = estimate_exact_on_device(&data, &sigmas, 1500, 3, &gpu(), &|_| {}).unwrap();
+    for ((s, a), b) in sigmas.iter().zip(&dev).zip(&cpu) {
+        let MeanStderr { mean: a, .. } = *a;
+        let tol = 1e-3 * b.mean.abs() + 1e-5 * var;
+        assert!(
+            (a - b.mean).abs() <= tol,
+            "σ={s}: cuda {a} vs cpu {}",
+            b.mean
+        );
+    }
+    assert!(
+        cpu.last().unwrap().mean > 0.5 * var,
+        "the σ range reaches saturation"
+    );
+}
+
+fn ddpmpp() -> SongUNetConfig {
+    SongUNetConfig {
+        label_dim: 3,
+        model_channels: 16,
+        channel_mult: vec![1, 2, 2],
+        num_blocks: 1,
+        attn_resolutions: vec![8],
+        ..SongUNetConfig::new(16, 3, 3)
+    }
+}
+
+fn specs() -> Vec<(&'static str, NetworkSpec, bool)> {
+    vec![
+        ("ddpm++", NetworkSpec::SongUNet(ddpmpp()), true),
+        (
+            "ncsn++",
+            NetworkSpec::SongUNet(SongUNetConfig {
+                embedding_type: EmbeddingType::Fourier,
+                channel_mult_noise: 2,
+                encoder_type: EncoderType::Residual,
+                resample_filter: vec![1.0, 3.0, 3.0, 1.0],
+                ..ddpmpp()
+            }),
+            true,
+        ),
+        (
+            "adm",
+            NetworkSpec::Dhariwal(DhariwalUNetConfig {
+                label_dim: 3,
+                model_channels: 16,
+                channel_mult: vec![1, 2],
+                num_blocks: 1,
+                attn_resolutions: vec![8],
+                channels_per_head: 8,
+                ..DhariwalUNetConfig::new(16, 3, 3)
+            }),
+            true,
+        ),
+        (
+            "dit",
+            NetworkSpec::DiT(DiTConfig {
+                input_size: 16,
+                patch_size: 2,
+                in_channels: 3,
+                hidden_size: 64,
+                depth: 2,
+                num_heads: 4,
+                mlp_ratio: 4.0,
+                class_dropout_prob: 0.1,
+                num_classes: 3,
+                learn_sigma: true,
+            }),
+            true,
+        ),
+    ]
+}
+
+/// The same network on the CPU and on the GPU, with the GPU's weights copied from the CPU's.
+fn twin_networks(
+    spec: &NetworkSpec,
+) -> (
+    VarMap,
+    Box<dyn lossfloor_nets::Network>,
+    VarMap,
+    Box<dyn lossfloor_nets::Network>,
+) {
+    let cpu_vars = VarMap::new();
+    let cpu_net = spec.build(&cpu_vars, &Device::Cpu, 5).unwrap();
+    let gpu_vars = VarMap::new();
+    let gpu_net = spec.build(&gpu_vars, &gpu(), 5).unwrap();
+    let source: std::collections::HashMap<String, Tensor> =
+        varmap_tensors(&cpu_vars).unwrap().into_iter().collect();
+    for (name, var) in gpu_vars.data().lock().unwrap().iter() {
+        var.set(&source[name].to_device(&gpu()).unwrap()).unwrap();
+    }
+    (cpu_vars, cpu_net, gpu_vars, gpu_net)
+}
+
+#[test]
+fn every_network_denoiser_agrees() {
+    let precond = PrecondSpec {
+        process: "edm".into(),
+        sigma_data: Some(0.5),
+    };
+    for (name, spec, _) in specs() {
+        let (_cv, cpu_net, _gv, gpu_net) = twin_networks(&spec);
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &Device::Cpu).unwrap();
+        let labels = Tensor::new(
+            &[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.], [1., 0., 0.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d_cpu = network_denoiser(cpu_net.as_ref(), &precond, 3).unwrap();
+        let d_gpu = network_denoiser(gpu_net.as_ref(), &precond, 3).unwrap();
+        for sigma in [0.01, 0.5, 20.0] {
+            use lossfloor_sampler::Denoiser;
+            let a = d_cpu.denoise(&x, sigma, Some(&labels)).unwrap();
+            let b = d_gpu
+                .denoise(
+                    &x.to_device(&gpu()).unwrap(),
+                    sigma,
+                    Some(&labels.to_device(&gpu()).unwrap()),
+                )
+                .unwrap();
+            let e = rel_l2(&b, &a);
+            assert!(e < 1e-4, "{name} σ={sigma}: relative L2 difference {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn heun_sampler_agrees() {
+    let precond = PrecondSpec {
+        process: "edm".into(),
+        sigma_data: Some(0.5),
+    };
+    let spec = NetworkSpec::SongUNet(SongUNetConfig {
+        label_dim: 0,
+        ..ddpmpp()
+    });
+    let (_cv, cpu_net, _gv, gpu_net) = twin_networks(&spec);
+    let cfg = HeunConfig {
+        num_steps: 6,
+        ..HeunConfig::default()
+    };
+    let seeds = [0u64, 1, 2, 3];
+    let run = |net: &dyn lossfloor_nets::Network, device: &Device| {
+        let mut rng = SeedRng::new(&seeds);
+        let latents = rng.randn(&[3, 16, 16], device).unwrap();
+        let d = network_denoiser(net, &precond, 3).unwrap();
+        let mut noise = |shape: &[usize]| rng.randn_like(shape, device);
+        sample(&d, &latents, None, &cfg, &mut noise).unwrap()
+    };
+    let a = run(cpu_net.as_ref(), &Device::Cpu);
+    let b = run(gpu_net.as_ref(), &gpu());
+    let e = rel_l2(&b, &a);
+    assert!(e < 1e-4, "Heun samples: relative L2 difference {e:.2e}");
+}
+
+fn train_config(curve: &Path, device: &str) -> lossfloor_train::Config {
+    let text = format!(
+        r#"
+[data]
+spec = "npy:unused.npy"
+[network]
+arch = "songunet"
+img_resolution = 8
+in_channels = 1
+out_channels = 1
+model_channels = 16
+channel_mult = [1, 2]
+num_blocks = 1
+attn_resolutions = [4]
+dropout = 0.0
+[optimizer]
+lr = 1e-2
+rampup_kimg = 0
+[ema]
+halflife_kimg = 0.01
+[train]
+batch = 8
+duration_kimg = 0.016
+tick_kimg = 0.008
+snapshot_ticks = 100
+state_ticks = 1
+seed = 7
+device = "{device}"
+[sample]
+seeds = "0-3"
+steps = 2
+every_ticks = 0
+[optimal_loss]
+curve = "{}"
+"#,
+        curve.display()
+    );
+    lossfloor_train::Config::parse(&text, &[]).unwrap()
+}
+
+#[test]
+fn training_steps_agree() {
+    use lossfloor_train::state::{latest_state, load_state};
+    let dir = tempfile::tempdir().unwrap();
+    let curve_path = dir.path().join("curve.json");
+    let points = (0..16)
+        .map(|i| lossfloor_optimal::CurvePoint {
+            sigma: 0.002 * (80.0f64 / 0.002).powf(i as f64 / 15.0),
+            loss: 0.2 * (i as f64 / 15.0),
+            stderr: 0.0,
+            queries: 0,
+        })
+        .collect();
+    lossfloor_optimal::Curve {
+        dataset: lossfloor_optimal::DatasetInfo {
+            spec: "toy".into(),
+            n: 16,
+            dim: 64,
+        },
+        method: "exact".into(),
+        params: Default::default(),
+        data_variance: Some(0.2),
+        points,
+    }
+    .save(&curve_path)
+    .unwrap();
+    let vals: Vec<f32> = (0..16 * 64)
+        .map(|i| ((i as f32 * 0.731).sin() * 0.9).clamp(-1.0, 1.0))
+        .collect();
+    let data = lossfloor_data::Dataset::from_f32(
+        "tiny".into(),
+        lossfloor_data::ImageShape::new(1, 8, 8),
+        vals,
+        None,
+        None,
+    )
+    .unwrap();
+    let mut states = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let run = dir.path().join(device);
+        let cfg = train_config(&curve_path, device);
+        lossfloor_train::train_with_dataset(
+            cfg.clone(),
+            data.clone(),
+            &run,
+            &lossfloor_train::Resume::No,
+            false,
+        )
+        .unwrap();
+        let names = lossfloor_train::Trainer::new(cfg, data.clone(), dir.path().join("names"))
+            .unwrap()
+            .names()
+            .to_vec();
+        let (t, meta) =
+            load_state(&latest_state(&run).unwrap().unwrap(), &names, &Device::Cpu).unwrap();
+        assert_eq!(meta.step, 2, "{device}: two steps of 8 images");
+        states.push(t);
+    }
+    let (cpu, cuda) = (&states[0], &states[1]);
+    let init = lossfloor_train::Trainer::new(
+        train_config(&curve_path, "cpu"),
+        data,
+        dir.path().join("init"),
+    )
+    .unwrap()
+    .tensors();
+    let mut moved = 0f32;
+    for ((a, b), w0) in cpu.net.iter().zip(&cuda.net).zip(&init.net) {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff <= 2e-4, "weights after 2 steps differ by {diff}");
+        let step = (a - w0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        moved = moved.max(step.to_scalar::<f32>().unwrap());
+    }
+    assert!(
+        moved > 1e-3,
+        "the weights moved ({moved}), so the comparison is not vacuous"
+    );
+}
