@@ -28,17 +28,7 @@ if [ ! -x "$DIST/lossfloor" ] && [ -f "$DIST.tar.xz" ]; then
 fi
 [ -x "$DIST/lossfloor" ] || { echo "gpu-check: $DIST/lossfloor missing: run scripts/build-cuda.sh first" >&2; exit 2; }
 
-# The CUDA 13 libraries the binaries link (cuBLAS, cuBLASLt, cuRAND, NVRTC, the runtime):
-# found wherever PyTorch's wheels put them.
-libdirs=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
-    f=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') /usr/local/cuda* \
-        -name "$lib" 2>/dev/null | head -1)
-    [ -n "$f" ] || f=$(find / -xdev -name "$lib" 2>/dev/null | head -1)
-    [ -n "$f" ] || { echo "gpu-check: $lib not found on this machine" >&2; exit 2; }
-    libdirs="$libdirs:$(dirname "$f")"
-done
-export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+. scripts/gpu-env.sh || exit 2
 PY=${PYTHON:-python3}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -78,10 +68,11 @@ with_mem() { # LOG CMD... : runs CMD while logging used GPU memory to LOG
 }
 # The largest batch from 128 down that fits lossfloor in GPU memory, each try a fresh process.
 B=128
-until with_mem "$OUT/mem-ours.log" "$DIST/bench-step" --device cuda --batch $B --repeats 5 --sample-batch 128 --sample-repeats 2 >"$OUT/step-ours.json"; do
+until with_mem "$OUT/mem-ours.log" "$DIST/bench-step" --device cuda --batch $B --repeats 5 --sample-batch 128 --sample-repeats 2 >"$OUT/step-ours.json" 2>>"$OUT/step-ours.err"; do
     [ $B -gt 1 ] || { echo "gpu-check: bench-step failed even at batch 1" >&2; break; }
     B=$((B / 2))
 done
+grep -h "step_memory_mib\|failed" "$OUT/step-ours.err"
 cat "$OUT/step-ours.json"
 echo "lossfloor peak GPU memory: $(peak_mem "$OUT/mem-ours.log") MiB" | tee "$OUT/mem-summary.txt"
 with_mem "$OUT/mem-torch.log" $PY scripts/ref_ddpmpp_torch.py "$B" 5 16 cuda 128 | tee "$OUT/step-torch.json"

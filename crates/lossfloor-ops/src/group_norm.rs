@@ -177,6 +177,31 @@ impl CustomOp3 for GroupNormOp {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let run = if self.backward {
+            crate::group_norm_cuda::backward
+        } else {
+            crate::group_norm_cuda::forward
+        };
+        run(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            self.groups,
+            self.eps,
+            self.silu,
+        )
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -216,7 +241,8 @@ fn check(x: &Tensor, groups: usize, gamma: &Tensor) -> Result<()> {
 }
 
 /// GroupNorm over `groups` groups of x [N, C, ...] with per-channel γ, β [C], followed by SiLU
-/// when `silu` is set. Fused and parallel on CPU (f32/f64); composed of candle ops elsewhere.
+/// when `silu` is set. Fused on the CPU (f32/f64, parallel) and on CUDA (f32, built with the
+/// `cuda` feature); composed of candle ops elsewhere.
 pub fn group_norm(
     x: &Tensor,
     groups: usize,
@@ -226,11 +252,12 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     check(x, groups, gamma)?;
-    if x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && gamma.dtype() == x.dtype()
-        && beta.dtype() == x.dtype()
-    {
+    let fused = match x.device() {
+        candle_core::Device::Cpu => matches!(x.dtype(), DType::F32 | DType::F64),
+        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && x.dtype() == DType::F32,
+        _ => false,
+    };
+    if fused && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype() {
         x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,

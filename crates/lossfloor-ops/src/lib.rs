@@ -11,6 +11,8 @@ mod conv;
 pub mod device;
 mod elem;
 mod group_norm;
+#[cfg(feature = "cuda")]
+mod group_norm_cuda;
 mod storage;
 
 pub use conv::{conv2d, conv2d_reference};

@@ -6,7 +6,10 @@
 //! our Adam. Sampling is EDM's deterministic Heun sampler, 18 steps = 35 network evaluations.
 //!
 //! Usage: cargo bench -p lossfloor-train --bench step -- [--device cuda] [--batch 128]
-//!        [--repeats 5] [--sample-batch 256] [--sample-repeats 2]
+//!        [--repeats 5] [--sample-batch 256] [--sample-repeats 2] [--no-sync-phases]
+//!        cargo bench -p lossfloor-train --bench step -- --device cuda --probe BATCH
+//! (`--probe`: device memory after an inference forward, a tracked forward and its backward,
+//! and the time of one 256→256 3×3 convolution each way through candle's kernels.)
 
 use std::time::Instant;
 
@@ -46,7 +49,9 @@ fn sync(t: &Tensor) {
 }
 
 /// Median seconds of `repeats` training steps (after one warm-up step) at `batch`.
+#[allow(clippy::too_many_arguments)]
 fn time_train_steps(
+    sync_phases: bool,
     net: &SongUNet,
     vars: &[Var],
     adam: &mut Adam,
@@ -57,7 +62,8 @@ fn time_train_steps(
     let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), device)?;
     let aug = Tensor::zeros((batch, 9), DType::F32, device)?;
     let sd = 0.5f64;
-    let mut train_step = || -> anyhow::Result<()> {
+    let mut train_step = |report: bool| -> anyhow::Result<()> {
+        let mib0 = if report { used_mib(device) } else { 0.0 };
         // σ = exp(1.2·z − 1.2), EDM's training distribution.
         let sigma = Tensor::randn(0f32, 1.0, (batch, 1, 1, 1), device)?
             .affine(1.2, -1.2)?
@@ -75,7 +81,9 @@ fn time_train_steps(
         let loss = ((d - &x)?.sqr()?.broadcast_mul(&weight)?)
             .sum_all()?
             .affine(1.0 / batch as f64, 0.0)?;
+        let mib_fwd = if report { used_mib(device) } else { 0.0 };
         let grads = loss.backward()?;
+        let mib_bwd = if report { used_mib(device) } else { 0.0 };
         let g = vars
             .iter()
             .map(|v| {
@@ -87,20 +95,135 @@ fn time_train_steps(
             .collect::<anyhow::Result<Vec<_>>>()?;
         adam.step(vars, &g, 1e-4)?;
         sync(vars[0].as_tensor());
+        if report {
+            eprintln!(
+                "{{\"step_memory_mib\": {{\"batch\": {batch}, \"start\": {mib0:.0}, \"after_forward\": {mib_fwd:.0}, \"after_backward\": {mib_bwd:.0}, \"after_adam\": {:.0}}}}}",
+                used_mib(device)
+            );
+        }
         Ok(())
     };
-    train_step()?; // warm-up (kernel loading, allocator)
+    train_step(true)?; // warm-up (kernel loading, allocator), with a memory report
     let mut times = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
-        train_step()?;
+        train_step(sync_phases)?;
         times.push(t.elapsed().as_secs_f64());
     }
     Ok(median(times))
 }
 
+/// Device memory in use (MiB) after the queued work, as the driver reports it (allocations
+/// plus the memory pool's reserve); 0 on the CPU.
+#[allow(unused_variables)]
+fn used_mib(device: &Device) -> f64 {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let stream = d.cuda_stream();
+        stream.synchronize().expect("sync");
+        let (free, total) = stream.context().mem_get_info().expect("mem_get_info");
+        return (total - free) as f64 / 1048576.0;
+    }
+    0.0
+}
+
+/// Milliseconds of `f` (median of 5 after a warm-up), synchronised.
+fn time_ms(device: &Device, f: &dyn Fn() -> Tensor) -> f64 {
+    sync(&f());
+    let mut t = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let y = f();
+        sync(&y);
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let _ = device;
+    median(t)
+}
+
+/// `--probe B`: where the memory of a DDPM++ step goes at batch B, and what one 3×3
+/// convolution (256 → 256 channels, 32×32, candle's CUDA path) costs in each direction.
+fn probe(device: &Device, batch: usize) {
+    let cfg = SongUNetConfig::ddpmpp_cifar10();
+    let varmap = VarMap::new();
+    let net = SongUNet::new(&cfg, &varmap, device, 0).expect("DDPM++ builds");
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, 32, 32), device).unwrap();
+    let noise = Tensor::zeros(batch, DType::F32, device).unwrap();
+    let aug = Tensor::zeros((batch, 9), DType::F32, device).unwrap();
+    let m_weights = used_mib(device);
+    let frozen: std::collections::HashMap<String, Tensor> = varmap_tensors(&varmap)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let inference = NetworkSpec::SongUNet(cfg.clone())
+        .build_from(VarBuilder::from_tensors(frozen, DType::F32, device))
+        .unwrap();
+    let y = inference
+        .forward(&x, &noise, None, Some(&aug), false)
+        .unwrap();
+    let m_inference = used_mib(device);
+    drop(y);
+    let y = net.forward(&x, &noise, None, Some(&aug), false).unwrap();
+    let m_tracked = used_mib(device);
+    let grads = y.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let m_backward = used_mib(device);
+    drop(grads);
+    drop(y);
+    let m_after = used_mib(device);
+
+    let xc = Tensor::randn(0f32, 1.0, (batch, 256, 32, 32), device).unwrap();
+    let w = candle_core::Var::randn(0f32, 0.02, (256, 256, 3, 3), device).unwrap();
+    let dy = Tensor::randn(0f32, 1.0, (batch, 256, 32, 32), device).unwrap();
+    let fwd = time_ms(device, &|| xc.conv2d(&w, 1, 1, 1, 1).unwrap());
+    let dx_transpose = time_ms(device, &|| dy.conv_transpose2d(&w, 1, 0, 1, 1).unwrap());
+    let w_flip = w
+        .as_tensor()
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .flip(&[2, 3])
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let dx_conv = time_ms(device, &|| dy.conv2d(&w_flip, 1, 1, 1, 1).unwrap());
+    // The two routes to dx are the same function: their largest difference, relative.
+    let (a, b) = (
+        dy.conv_transpose2d(&w, 1, 0, 1, 1).unwrap(),
+        dy.conv2d(&w_flip, 1, 1, 1, 1).unwrap(),
+    );
+    let dx_rel_diff = ((&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / a.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()) as f64;
+    let dw = time_ms(device, &|| {
+        xc.transpose(0, 1)
+            .unwrap()
+            .conv2d(&dy.transpose(0, 1).unwrap(), 1, 1, 1, 1)
+            .unwrap()
+    });
+    println!(
+        "{{\"probe_batch\": {batch}, \"mib_weights\": {m_weights:.0}, \"mib_after_inference_fwd\": {m_inference:.0}, \"mib_after_tracked_fwd\": {m_tracked:.0}, \"mib_after_backward\": {m_backward:.0}, \"mib_after_drop\": {m_after:.0}, \"conv_fwd_ms\": {fwd:.2}, \"conv_dx_conv_transpose2d_ms\": {dx_transpose:.2}, \"conv_dx_as_conv2d_ms\": {dx_conv:.2}, \"conv_dw_ms\": {dw:.2}, \"dx_routes_max_rel_diff\": {dx_rel_diff:.1e}}}"
+    );
+}
+
 fn main() {
     let device = lossfloor_ops::open_device(&arg("--device", "cpu")).expect("device opens");
+    if let Ok(b) = arg("--probe", "").parse::<usize>() {
+        probe(&device, b);
+        return;
+    }
     let batch: usize = arg("--batch", "128").parse().expect("--batch N");
     let repeats: usize = arg("--repeats", "5").parse().expect("--repeats N");
     let sample_batch: usize = arg("--sample-batch", "256")
@@ -122,8 +245,12 @@ fn main() {
         .collect();
     let mut adam = Adam::new(&vars, &OptimizerConfig::default()).expect("Adam");
 
-    let step_s =
-        time_train_steps(&net, &vars, &mut adam, &device, batch, repeats).unwrap_or_else(|e| {
+    // Wait for the GPU after the forward and backward passes of every step, as the trainer
+    // does (without, memory grows step by step: see lossfloor-train's `round`).
+    // --no-sync-phases measures without.
+    let sync_phases = !std::env::args().any(|a| a == "--no-sync-phases");
+    let step_s = time_train_steps(sync_phases, &net, &vars, &mut adam, &device, batch, repeats)
+        .unwrap_or_else(|e| {
             eprintln!("bench-step: training step at batch {batch} failed: {e}");
             std::process::exit(3)
         });

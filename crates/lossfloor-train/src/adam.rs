@@ -65,7 +65,11 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
-            let mut theta = var.as_tensor().clone();
+            // Gradients from candle's backward are themselves graph nodes that reference the
+            // step's activations; the moments must not hold on to them (that would keep every
+            // step's whole forward graph alive for the rest of training).
+            let g = &g.detach();
+            let mut theta = var.as_tensor().detach();
             if self.weight_decay > 0.0 {
                 theta = theta.affine(1.0 - lr * self.weight_decay, 0.0)?;
             }

@@ -149,3 +149,40 @@ fn ema_follows_edm_formula() {
     // θ + β(ema − θ)
     assert_eq!(e, vec![3.0 + 0.75 * (1.0 - 3.0), -2.0 + 0.75 * (2.0 + 2.0)]);
 }
+
+/// Gradients from `backward` are graph nodes that reference the step's activations. Adam's
+/// moments must be detached from them: otherwise every step's forward graph stays alive
+/// (a memory leak that grows by a whole step's activations per step). A detached moment has
+/// no path back to the weights, so differentiating it gives no gradient for them.
+#[test]
+fn adam_moments_do_not_hold_the_step_graph() {
+    let dev = Device::Cpu;
+    let w = Var::from_tensor(&Tensor::new(&[0.5f32, -1.0, 2.0], &dev).unwrap()).unwrap();
+    let x = Tensor::new(&[1.0f32, 2.0, 3.0], &dev).unwrap();
+    // loss = Σ (w·x)³: its gradient 3(w·x)²·x depends on w, so it is a tracked tensor.
+    let loss = (w.as_tensor() * &x)
+        .unwrap()
+        .powf(3.0)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grad = loss.backward().unwrap().get(w.as_tensor()).unwrap().clone();
+    assert!(
+        grad.sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(w.as_tensor())
+            .is_some(),
+        "the raw gradient is a graph node (the premise of this test)"
+    );
+    let mut adam = Adam::new(std::slice::from_ref(&w), &OptimizerConfig::default()).unwrap();
+    adam.step(std::slice::from_ref(&w), &[grad], 1e-3).unwrap();
+    for moment in [&adam.m[0], &adam.v[0]] {
+        let g = moment.sum_all().unwrap().backward().unwrap();
+        assert!(
+            g.get(w.as_tensor()).is_none(),
+            "a moment still references the graph"
+        );
+    }
+}
