@@ -337,3 +337,97 @@ fn fid_of_a_set_against_itself_is_zero_and_bad_input_is_named() {
     ]);
     assert_fails(&o, &["24 images found", "--num asks for 25"], &[]);
 }
+
+/// `lossfloor diagnose` on a stats.jsonl written here: the per-region gaps it prints are the
+/// means of loss − J* over each third of the bins, and the plot is a PNG.
+#[test]
+fn diagnose_reads_stats_and_prints_region_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let line = |tick: u64, scale: f64| {
+        let bins: Vec<serde_json::Value> = (0..6)
+            .map(|i| {
+                let sigma = 0.01 * 10f64.powi(i);
+                let jstar = 0.01 * i as f64;
+                serde_json::json!({
+                    "sigma": sigma, "sigma_lo": sigma / 2.0, "sigma_hi": sigma * 2.0, "n": 5,
+                    "loss": jstar + scale * (i + 1) as f64, "jstar": jstar, "gap": scale * (i + 1) as f64,
+                })
+            })
+            .collect();
+        serde_json::json!({"tick": tick, "kimg": tick as f64 * 0.5, "step": tick, "loss": 1.0, "bins": bins})
+            .to_string()
+    };
+    std::fs::write(
+        run.join("stats.jsonl"),
+        format!("{}\n{}\n", line(0, 1.0), line(1, 0.1)),
+    )
+    .unwrap();
+    let out = dir.path().join("gap.png");
+    let o = lossfloor(&[
+        "diagnose",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    // Last tick (scale 0.1): gaps 0.1·(1..=6); thirds → 0.15, 0.35, 0.55.
+    for want in ["1.5000e-1", "3.5000e-1", "5.5000e-1"] {
+        assert!(text.contains(want), "{want} missing from {text}");
+    }
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (1400, 600));
+    // --tick 0 (scale 1): 1.5, 3.5, 5.5
+    let o = lossfloor(&[
+        "diagnose",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--tick",
+        "0",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("3.5000e0"));
+
+    // Bad input: no stats file, a malformed line, a tick that does not exist.
+    let missing = dir.path().join("nothing");
+    assert_fails(
+        &lossfloor(&[
+            "diagnose",
+            missing.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        &["stats.jsonl", "run directory"],
+        &[],
+    );
+    std::fs::write(
+        run.join("stats.jsonl"),
+        format!("{}\nnot json\n", line(0, 1.0)),
+    )
+    .unwrap();
+    assert_fails(
+        &lossfloor(&[
+            "diagnose",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        &["stats.jsonl line 2", "not JSON"],
+        &[],
+    );
+    std::fs::write(run.join("stats.jsonl"), line(0, 1.0)).unwrap();
+    assert_fails(
+        &lossfloor(&[
+            "diagnose",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--tick",
+            "9",
+        ]),
+        &["--tick 9"],
+        &[],
+    );
+}

@@ -2,6 +2,7 @@
 
 mod curve_cmd;
 mod data_rows;
+mod diagnose;
 mod estimate;
 mod fid_cmd;
 mod plot;
@@ -40,6 +41,7 @@ enum Command {
     Train(lossfloor_train::TrainArgs),
     /// Generate images from a network checkpoint with EDM's sampler.
     Sample(sample::SampleArgs),
+    Diagnose(diagnose::DiagnoseArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Fid(args) => fid_cmd::run(args),
         Command::Train(args) => lossfloor_train::run_train(args),
         Command::Sample(args) => sample::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

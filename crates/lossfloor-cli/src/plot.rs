@@ -41,7 +41,7 @@ pub fn check_font() -> Result<()> {
     .map_err(|e| anyhow!(e))
 }
 
-const COLOURS: [RGBColor; 6] = [
+pub const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -50,18 +50,26 @@ const COLOURS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// Draws the curves into a PNG at `out` (written atomically).
-pub fn plot_curves(curves: &[&Curve], out: &Path) -> Result<()> {
+/// A drawing routine into an RGB pixel buffer of the given size.
+pub type DrawFn<'a> =
+    dyn FnOnce(&mut [u8], (u32, u32)) -> std::result::Result<(), Box<dyn std::error::Error>> + 'a;
+
+/// Runs `draw` on a white `size` canvas and writes it as a PNG at `out` (atomically).
+pub fn save_plot(out: &Path, size: (u32, u32), draw: Box<DrawFn<'_>>) -> Result<()> {
     check_font()?;
-    let (w, h) = (960u32, 640u32);
+    let (w, h) = size;
     let mut pixels = vec![0u8; (w * h * 3) as usize];
-    draw(curves, &mut pixels, (w, h))
-        .map_err(|e| anyhow!("drawing {} failed: {e}", out.display()))?;
+    draw(&mut pixels, size).map_err(|e| anyhow!("drawing {} failed: {e}", out.display()))?;
     let img = image::RgbImage::from_raw(w, h, pixels).context("plot buffer has the wrong size")?;
     let mut png = Vec::new();
     img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
         .context("PNG encoding failed")?;
     write_atomic(out, &png).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// Draws the curves into a PNG at `out` (written atomically).
+pub fn plot_curves(curves: &[&Curve], out: &Path) -> Result<()> {
+    save_plot(out, (960, 640), Box::new(|px, size| draw(curves, px, size)))
 }
 
 fn draw(

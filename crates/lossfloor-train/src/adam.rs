@@ -65,9 +65,10 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
-            // Gradients from candle's backward are themselves graph nodes that reference the
-            // step's activations; the moments must not hold on to them (that would keep every
-            // step's whole forward graph alive for the rest of training).
+            // The moments must never reference a step's autograd graph (that would keep its
+            // activations alive for the rest of training). candle's backward returns detached
+            // gradients unless CANDLE_GRAD_DO_NOT_DETACH is set; detaching here makes that hold
+            // whatever the caller passes.
             let g = &g.detach();
             let mut theta = var.as_tensor().detach();
             if self.weight_decay > 0.0 {
