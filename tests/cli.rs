@@ -365,12 +365,17 @@ fn diagnose_reads_stats_and_prints_region_gaps() {
     )
     .unwrap();
     let out = dir.path().join("gap.png");
-    let o = lossfloor(&[
-        "diagnose",
-        run.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let diagnose = |run_dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "diagnose",
+            run_dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        lossfloor(&args)
+    };
+    let o = diagnose(&run, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout).to_string();
     // Last tick (scale 0.1): gaps 0.1·(1..=6); thirds → 0.15, 0.35, 0.55.
@@ -380,25 +385,12 @@ fn diagnose_reads_stats_and_prints_region_gaps() {
     let img = image::open(&out).unwrap();
     assert_eq!((img.width(), img.height()), (1400, 600));
     // --tick 0 (scale 1): 1.5, 3.5, 5.5
-    let o = lossfloor(&[
-        "diagnose",
-        run.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--tick",
-        "0",
-    ]);
+    let o = diagnose(&run, &["--tick", "0"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("3.5000e0"));
 
     // Bad input: no stats file, a malformed line, a tick that does not exist.
-    let missing = dir.path().join("nothing");
     assert_fails(
-        &lossfloor(&[
-            "diagnose",
-            missing.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]),
+        &diagnose(&dir.path().join("nothing"), &[]),
         &["stats.jsonl", "run directory"],
         &[],
     );
@@ -408,26 +400,10 @@ fn diagnose_reads_stats_and_prints_region_gaps() {
     )
     .unwrap();
     assert_fails(
-        &lossfloor(&[
-            "diagnose",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]),
+        &diagnose(&run, &[]),
         &["stats.jsonl line 2", "not JSON"],
         &[],
     );
     std::fs::write(run.join("stats.jsonl"), line(0, 1.0)).unwrap();
-    assert_fails(
-        &lossfloor(&[
-            "diagnose",
-            run.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--tick",
-            "9",
-        ]),
-        &["--tick 9"],
-        &[],
-    );
+    assert_fails(&diagnose(&run, &["--tick", "9"]), &["--tick 9"], &[]);
 }

@@ -152,6 +152,28 @@ fn dims3(l: &Layout, groups: usize) -> Result<(usize, i32, i32, i32)> {
     Ok((n, as_i32(c)?, as_i32(hw)?, as_i32(groups)?))
 }
 
+/// `blocks` thread blocks of `threads` threads each.
+fn grid(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launches a kernel whose arguments are already pushed, naming it in any error.
+fn launch(
+    mut args: candle_core::cuda_backend::cudarc::driver::LaunchArgs<'_>,
+    cfg: LaunchConfig,
+    name: &str,
+) -> Result<()> {
+    // SAFETY: every caller pushes exactly the arguments its kernel declares, with buffers
+    // sized for the grid it launches.
+    unsafe { args.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e:?}")))
+}
+
 /// Forward: y = GN(x; γ, β) (then SiLU), same shape as x.
 pub fn forward(
     x: (&CudaStorage, &Layout),
@@ -174,12 +196,7 @@ pub fn forward(
     let mut b = func.builder();
     b.arg(&xv).arg(&gv).arg(&bv).arg(&mut y);
     b.arg(&c).arg(&hw).arg(&g).arg(&eps).arg(&silu);
-    let cfg = LaunchConfig {
-        grid_dim: ((n * groups) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("gn_forward: {e:?}")))?;
+    launch(b, grid(n * groups, THREADS), "gn_forward")?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev), x.1.shape().clone()))
 }
 
@@ -208,12 +225,7 @@ pub fn backward(
     let mut b = func.builder();
     b.arg(&xv).arg(&dv).arg(&pv).arg(&mut out).arg(&mut partial);
     b.arg(&c).arg(&hw).arg(&g).arg(&eps).arg(&silu);
-    let cfg = LaunchConfig {
-        grid_dim: ((n * groups) as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("gn_backward: {e:?}")))?;
+    launch(b, grid(n * groups, THREADS), "gn_backward")?;
     let sum = dev.get_or_load_custom_func("sum_images", MODULE, ptx()?)?;
     let (base, n_i, cols_i) = (n_x as i64, n as i32, cols as i32);
     let mut b = sum.builder();
@@ -222,12 +234,7 @@ pub fn backward(
         .arg(&base)
         .arg(&n_i)
         .arg(&cols_i);
-    let cfg = LaunchConfig {
-        grid_dim: (cols.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Msg(format!("sum_images: {e:?}")))?;
+    launch(b, grid(cols.div_ceil(256), 256), "sum_images")?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
         Shape::from(n_x + cols),

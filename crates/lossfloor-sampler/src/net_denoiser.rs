@@ -50,11 +50,16 @@ pub fn network_denoiser<'a>(
         if c < img_channels {
             candle_core::bail!("network output has {c} channels, expected at least {img_channels}")
         }
-        if c > img_channels {
-            out.narrow(1, 0, img_channels)?.contiguous()
+        // Sampling never differentiates. The weights are candle `Var`s, so the output carries
+        // the autograd graph of the whole forward pass; detaching it lets that graph go now,
+        // instead of chaining every evaluation of the sampler into one graph kept alive to
+        // the end (64 Fashion-MNIST samples with the quick config ran out of 24 GB that way).
+        let out = if c > img_channels {
+            out.narrow(1, 0, img_channels)?.contiguous()?
         } else {
-            Ok(out)
-        }
+            out
+        };
+        Ok(out.detach())
     });
     Ok(PrecondDenoiser::new(process, f))
 }

@@ -63,5 +63,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         Some(p) => Resume::Path(PathBuf::from(p)),
     };
     let dataset = load_dataset(&cfg)?;
-    train_with_dataset(cfg, dataset, &run_dir, &resume, true)
+    // A progress bar on a terminal; plain tick lines otherwise (logs, nohup, CI).
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    train_with_dataset(cfg, dataset, &run_dir, &resume, progress)
 }

@@ -623,15 +623,31 @@ impl Trainer {
                 line["loss"].as_f64().unwrap_or(f64::NAN)
             ));
             append_line(&stats_path, &line.to_string())?;
-            pb.println(format!(
-                "tick {} kimg {:.3} loss {:.5} loss_x0 {:.5} lr {:.3e} {:.1} img/s",
+            // Mean gap loss − J* over the σ bins that have both (none without a curve).
+            let gaps: Vec<f64> = line["bins"]
+                .as_array()
+                .map(|b| b.iter().filter_map(|x| x["gap"].as_f64()).collect())
+                .unwrap_or_default();
+            let gap = match gaps.len() {
+                0 => String::new(),
+                k => format!(" gap {:.5}", gaps.iter().sum::<f64>() / k as f64),
+            };
+            let tick_line = format!(
+                "tick {} kimg {:.3} loss {:.5} loss_x0 {:.5}{gap} lr {:.3e} {:.1} img/s",
                 self.cur_tick,
                 self.nimg as f64 / 1000.0,
                 line["loss"].as_f64().unwrap_or(f64::NAN),
                 line["loss_x0"].as_f64().unwrap_or(f64::NAN),
                 acc.lr,
                 line["images_per_s"].as_f64().unwrap_or(0.0),
-            ));
+            );
+            // Above the progress bar on a terminal; plain lines in logs (a hidden bar
+            // swallows its println).
+            if self.progress {
+                pb.println(tick_line);
+            } else {
+                eprintln!("{tick_line}");
+            }
             self.cur_tick += 1;
             self.tick_start_nimg = self.nimg;
             let every = |k: u64| done || (k > 0 && self.cur_tick.is_multiple_of(k));
