@@ -356,26 +356,20 @@ fn training_steps_agree() {
     .unwrap()
     .tensors();
     let mut moved = 0f32;
+    let max_abs_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     for ((a, b), w0) in cpu.net.iter().zip(&cuda.net).zip(&init.net) {
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let diff = diff.to_scalar::<f32>().unwrap();
+        let diff = max_abs_diff(a, b);
         assert!(diff <= 2e-4, "weights after 2 steps differ by {diff}");
-        let step = (a - w0)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        moved = moved.max(step.to_scalar::<f32>().unwrap());
+        moved = moved.max(max_abs_diff(a, w0));
     }
     assert!(
         moved > 1e-3,
