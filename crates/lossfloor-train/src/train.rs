@@ -368,8 +368,8 @@ impl Trainer {
         let loss = ((&sq * w)?.sum_all()? / self.cfg.train.batch as f64)?;
         // On a GPU, wait for the forward pass before queueing the backward pass: when the
         // host queues both at once, candle's stream-ordered allocations outrun the frees
-        // and memory grows step by step (DDPM++ at batch 64 ran out of an H100's 80 GB on
-        // the second step; with this wait batch 128 stays at 44 GB). A no-op on the CPU.
+        // and memory grows step by step (DDPM++ at batch 64 ran out of an H100's 80 GB a few
+        // steps in; with this wait batch 128 stays at 44 GB). A no-op on the CPU.
         loss.device().synchronize()?;
         let grads = loss.backward()?;
         let g = self
