@@ -120,13 +120,8 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
     }
-    let device = lossfloor_ops::open_device(&args.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
-    if !device.is_cpu() && method != Method::Exact {
-        bail!(
-            "--method {method} runs on the CPU only: on a GPU (--device {}) use --method exact",
-            args.device
-        );
-    }
+    let device = crate::open_device_flag(&args.device)?;
+    lossfloor_optimal::check_method_device(method, &device)?;
 
     let spec: DataSpec = args.data.parse()?;
     let t0 = Instant::now();

@@ -95,7 +95,7 @@ fn load_detector(d: &DetectorArgs) -> Result<InceptionV3> {
     if d.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = lossfloor_ops::open_device(&d.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let device = crate::open_device_flag(&d.device)?;
     let mut net = InceptionV3::load_on(&d.weights, &device)?;
     net.batch_size = d.batch;
     Ok(net)

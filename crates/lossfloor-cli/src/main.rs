@@ -44,6 +44,11 @@ enum Command {
     Diagnose(diagnose::DiagnoseArgs),
 }
 
+/// Opens the device of a `--device` flag; the error names the flag and the accepted values.
+pub(crate) fn open_device_flag(name: &str) -> anyhow::Result<candle_core::Device> {
+    lossfloor_ops::open_device(name).map_err(|e| anyhow::anyhow!("--{e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -184,7 +184,7 @@ fn load(args: &SampleArgs, device: &Device) -> Result<LoadedNetwork> {
 
 /// Runs `lossfloor sample`.
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = lossfloor_ops::open_device(&args.device).map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let device = crate::open_device_flag(&args.device)?;
 
     // Everything that can be checked before loading and sampling.
     if args.grid.is_none() && args.outdir.is_none() && args.out_npy.is_none() {

@@ -17,7 +17,7 @@
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::exact::exact_query;
+use crate::exact::draw_queries;
 use crate::source::RowSource;
 use crate::stats::{mean_stderr, MeanStderr};
 
@@ -141,7 +141,7 @@ pub fn estimate_exact_on_device_tiled(
     let mut values = vec![Vec::with_capacity(queries); sigmas.len()];
     for start in (0..queries).step_by(tile) {
         let t = tile.min(queries - start);
-        let (src, noise) = draw_tile(data, &resident.mean, seed, start, t, n, d);
+        let (src, noise) = draw_queries(data, &resident.mean, seed, start, t);
         let src = Tensor::from_vec(src, (t, d), device)?;
         let noise = Tensor::from_vec(noise, (t, d), device)?;
         let per_sigma = tile_variances(&resident, &src, &noise, sigmas)?;
@@ -151,32 +151,6 @@ pub fn estimate_exact_on_device_tiled(
         progress(t);
     }
     Ok(values.iter().map(|v| mean_stderr(v)).collect())
-}
-
-/// Sources (centred) and unit noises of queries start..start+t, drawn exactly as the CPU
-/// estimator draws them.
-fn draw_tile(
-    data: &dyn RowSource,
-    mean: &[f32],
-    seed: u64,
-    start: usize,
-    t: usize,
-    n: usize,
-    d: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut src = vec![0f32; t * d];
-    let mut noise = vec![0f32; t * d];
-    src.par_chunks_mut(d)
-        .zip(noise.par_chunks_mut(d))
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (q, (s, e))| {
-            let source = exact_query(seed, start + q, n, e);
-            let row = data.rows(source, 1, scratch);
-            for ((o, &v), &c) in s.iter_mut().zip(row).zip(mean) {
-                *o = v - c;
-            }
-        });
-    (src, noise)
 }
 
 /// Posterior variance per dimension of each query of the tile, per σ̂: `[k][q]`.

@@ -20,6 +20,31 @@ pub fn exact_query(seed: u64, m: usize, n: usize, noise: &mut [f32]) -> usize {
     source
 }
 
+/// Sources (centred by `mean`) and unit noises of queries `start..start + t`, T×D row-major
+/// each: the queries of both the CPU and the device estimator.
+pub(crate) fn draw_queries(
+    data: &dyn RowSource,
+    mean: &[f32],
+    seed: u64,
+    start: usize,
+    t: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, d) = (data.num_rows(), data.row_dim());
+    let mut src = vec![0f32; t * d];
+    let mut noise = vec![0f32; t * d];
+    src.par_chunks_mut(d)
+        .zip(noise.par_chunks_mut(d))
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (q, (s, e))| {
+            let source = exact_query(seed, start + q, n, e);
+            let row = data.rows(source, 1, scratch);
+            for ((o, &v), &c) in s.iter_mut().zip(row).zip(mean) {
+                *o = v - c;
+            }
+        });
+    (src, noise)
+}
+
 /// Full-dataset estimate of J*(σ̂) per dimension for each σ̂ (Eq. 9, Rao–Blackwellised):
 ///
 ///   J*(σ̂) = E_x̂ tr Cov[x0 | x̂] ≈ (1/M) Σ_m ( Σ_n π_mn ‖x_n‖² − ‖Σ_n π_mn x_n‖² ) / D,
@@ -34,22 +59,13 @@ pub fn estimate_exact(
     seed: u64,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
-    let (n, d) = (data.num_rows(), data.row_dim());
+    let d = data.row_dim();
     let mean = crate::source::row_mean_f32(data);
     let tiles = crate::kernel::tiles(queries, QUERY_TILE);
     let per_tile: Vec<Vec<f64>> = tiles
         .par_iter()
         .map(|&(start, t)| {
-            let mut src = vec![0f32; t * d];
-            let mut noise = vec![0f32; t * d];
-            let mut scratch = Vec::new();
-            for q in 0..t {
-                let source = exact_query(seed, start + q, n, &mut noise[q * d..(q + 1) * d]);
-                let row = data.rows(source, 1, &mut scratch);
-                for ((o, &v), &c) in src[q * d..(q + 1) * d].iter_mut().zip(row).zip(&mean) {
-                    *o = v - c;
-                }
-            }
+            let (src, noise) = draw_queries(data, &mean, seed, start, t);
             let own = vec![None; t];
             let tile = QueryTile {
                 src: &src,

@@ -58,6 +58,18 @@ pub fn estimate(
     )
 }
 
+/// Every method runs on the CPU; on any other device only `exact` does.
+pub fn check_method_device(
+    method: Method,
+    device: &candle_core::Device,
+) -> Result<(), EstimateError> {
+    if device.is_cpu() || method == Method::Exact {
+        Ok(())
+    } else {
+        Err(EstimateError::CpuOnly(method))
+    }
+}
+
 /// [`estimate`] on a chosen device. On the CPU every method runs on the fused CPU kernels;
 /// on a GPU the exact estimator runs through [`estimate_exact_on_device`] (same queries,
 /// same result to float32 rounding) and the other methods are refused.
@@ -69,9 +81,7 @@ pub fn estimate_on(
     params: &EstimateParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Curve, EstimateError> {
-    if !device.is_cpu() && params.method != Method::Exact {
-        return Err(EstimateError::CpuOnly(params.method));
-    }
+    check_method_device(params.method, device)?;
     let n = data.num_rows();
     let (subset, c) = params.resolve(n, sigmas)?;
     let mut sorted = sigmas.to_vec();
