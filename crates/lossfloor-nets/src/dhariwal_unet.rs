@@ -4,7 +4,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
+use std::sync::Arc;
+
 use crate::adm_config::DhariwalUNetConfig;
+use crate::dropout::DropoutRng;
 use crate::init::ParamCtx;
 use crate::layers::{BlockOpts, Conv2d, GroupNorm, Heads, InitKind, Linear, Sampling, UNetBlock};
 use crate::network::Network;
@@ -58,6 +61,8 @@ pub struct DhariwalUNet {
     out_norm: GroupNorm,
     out_conv: Conv2d,
     params: Vec<(String, Tensor)>,
+    /// Dropout masks (shared by clones of this network).
+    dropout_rng: Arc<DropoutRng>,
 }
 
 impl DhariwalUNet {
@@ -267,6 +272,7 @@ impl DhariwalUNet {
             out_norm,
             out_conv,
             params,
+            dropout_rng: Arc::new(DropoutRng::new(0)),
         })
     }
 
@@ -297,7 +303,8 @@ impl DhariwalUNet {
     /// * `noise_labels`: `[N]` (c_noise of the preconditioner)
     /// * `class_labels`: `[N, label_dim]`, required iff `label_dim > 0`
     /// * `augment_labels`: `[N, augment_dim]`, optional (as in EDM)
-    /// * `train`: enables dropout and label dropout (candle's RNG).
+    /// * `train`: enables dropout and label dropout (drawn from the network's
+    ///   [`DropoutRng`], see [`Network::reseed_dropout`]).
     ///
     /// Returns `[N, out_channels, R, R]`.
     pub fn forward(
@@ -333,14 +340,15 @@ impl DhariwalUNet {
             })?;
             let mut tmp = labels.clone();
             if train && self.cfg.label_dropout > 0.0 {
-                let keep = Tensor::rand(0f32, 1f32, (n, 1), x.device())?
-                    .ge(self.cfg.label_dropout)?
-                    .to_dtype(tmp.dtype())?;
+                let keep = self
+                    .dropout_rng
+                    .keep_rows(n, self.cfg.label_dropout, &tmp)?;
                 tmp = tmp.broadcast_mul(&keep)?;
             }
             emb = (emb + map_label.forward(&tmp)?)?;
         }
         let emb = emb.silu()?;
+        let drop = train.then_some(&*self.dropout_rng);
 
         // Encoder.
         let mut skips: Vec<Tensor> = Vec::with_capacity(self.enc.len());
@@ -348,7 +356,7 @@ impl DhariwalUNet {
         for item in &self.enc {
             x = match item {
                 EncItem::Conv(conv) => conv.forward(&x)?,
-                EncItem::Block(block) => block.forward(&x, &emb, train)?,
+                EncItem::Block(block) => block.forward(&x, &emb, drop)?,
             };
             skips.push(x.clone());
         }
@@ -361,7 +369,7 @@ impl DhariwalUNet {
                 })?;
                 x = Tensor::cat(&[&x, &s], 1)?;
             }
-            x = block.forward(&x, &emb, train)?;
+            x = block.forward(&x, &emb, drop)?;
         }
         self.out_conv.forward(&self.out_norm.forward_silu(&x)?)
     }
@@ -377,6 +385,10 @@ impl Network for DhariwalUNet {
         train: bool,
     ) -> Result<Tensor> {
         DhariwalUNet::forward(self, x, noise_labels, class_labels, augment_labels, train)
+    }
+
+    fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -15,6 +15,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::dropout::DropoutRng;
 use crate::init::{Entry, PInit, ParamCtx};
 use crate::{NetsError, Result};
 
@@ -411,6 +414,8 @@ pub struct DiT {
     dtype: DType,
     params: Vec<(String, Tensor)>,
     buffers: Vec<(String, Tensor)>,
+    /// Dropout masks (shared by clones of this network).
+    dropout_rng: Arc<DropoutRng>,
 }
 
 impl DiT {
@@ -555,6 +560,7 @@ impl DiT {
             final_linear,
             dtype,
             params,
+            dropout_rng: Arc::new(DropoutRng::new(0)),
         })
     }
 
@@ -601,7 +607,7 @@ impl DiT {
     ///   `0..=num_classes` where `num_classes` is the null class; `None` means
     ///   the null class for all (requires `class_dropout_prob > 0`).
     /// * `train`: applies class dropout (labels → null class with probability
-    ///   `class_dropout_prob`, candle's RNG), as DiT in training mode.
+    ///   `class_dropout_prob`, from the network's [`DropoutRng`]), as DiT in training mode.
     ///
     /// Returns `[N, out_channels, input_size, input_size]` (with `learn_sigma`
     /// the first `in_channels` are the prediction, the rest the variance output).
@@ -637,7 +643,9 @@ impl DiT {
             }
         };
         if train && has_null {
-            let drop = Tensor::rand(0f32, 1f32, n, device)?.lt(cfg.class_dropout_prob)?;
+            let drop = self
+                .dropout_rng
+                .drop_flags(n, cfg.class_dropout_prob, device)?;
             labels = drop.where_cond(&Tensor::full(null, n, device)?, &labels)?;
         }
 
@@ -687,6 +695,10 @@ impl crate::Network for DiT {
             None => None,
         };
         DiT::forward(self, x, noise_labels, y.as_ref(), train)
+    }
+
+    fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::dropout::DropoutRng;
 use crate::init::{PInit, ParamCtx};
 use crate::{NetsError, Result};
 
@@ -554,7 +555,13 @@ impl UNetBlock {
         })
     }
 
-    pub(crate) fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
+    /// `drop`: the network's dropout source in training, `None` in evaluation.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        drop: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
         let mut h = self.conv0.forward(&self.norm0.forward_silu(x)?)?;
         let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
         h = if self.adaptive_scale {
@@ -570,8 +577,8 @@ impl UNetBlock {
         } else {
             self.norm1.forward_silu(&h.broadcast_add(&params)?)?
         };
-        if train && self.dropout > 0.0 {
-            h = candle_nn::ops::dropout(&h, self.dropout as f32)?;
+        if let Some(rng) = drop {
+            h = rng.dropout(&h, self.dropout)?;
         }
         h = self.conv1.forward(&h)?;
         let skip = match &self.skip {

@@ -10,6 +10,7 @@ pub mod checkpoint;
 mod config;
 mod dhariwal_unet;
 pub mod dit;
+mod dropout;
 mod init;
 mod layers;
 mod network;
@@ -19,6 +20,7 @@ pub use adm_config::DhariwalUNetConfig;
 pub use config::{DecoderType, EmbeddingType, EncoderType, SongUNetConfig};
 pub use dhariwal_unet::DhariwalUNet;
 pub use dit::{DiT, DiTConfig};
+pub use dropout::DropoutRng;
 pub use network::Network;
 pub use song_unet::SongUNet;
 

@@ -4,6 +4,7 @@
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
+use crate::dropout::DropoutRng;
 use crate::{NetsError, Result};
 
 /// A network `F(x; noise_labels, class_labels, augment_labels)` as called by
@@ -27,6 +28,16 @@ pub trait Network {
         augment_labels: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor>;
+
+    /// The source of this network's dropout and label-dropout masks.
+    fn dropout_rng(&self) -> &DropoutRng;
+
+    /// Restarts the dropout masks from `seed`. A trainer calls this before each
+    /// training forward pass (with a seed derived from its run seed and step), so
+    /// that the masks, and thus the whole run, are reproducible and resumable.
+    fn reseed_dropout(&self, seed: u64) {
+        self.dropout_rng().reseed(seed);
+    }
 
     /// Trainable parameters `(name, tensor)` sorted by name; the tensors share
     /// ids with the `Var`s they were created from, so `GradStore::get` works.

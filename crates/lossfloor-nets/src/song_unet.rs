@@ -3,7 +3,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
+use std::sync::Arc;
+
 use crate::config::{DecoderType, EmbeddingType, EncoderType, SongUNetConfig};
+use crate::dropout::DropoutRng;
 use crate::init::{Entry, PInit, ParamCtx};
 use crate::layers::{BlockOpts, Conv2d, GroupNorm, Linear, Sampling, UNetBlock, INIT, INIT_ZERO};
 use crate::network::Network;
@@ -58,6 +61,8 @@ pub struct SongUNet {
     dec: Vec<DecItem>,
     params: Vec<(String, Tensor)>,
     buffers: Vec<(String, Tensor)>,
+    /// Dropout masks (shared by clones of this network).
+    dropout_rng: Arc<DropoutRng>,
 }
 
 impl SongUNet {
@@ -315,6 +320,7 @@ impl SongUNet {
             dec,
             params,
             buffers,
+            dropout_rng: Arc::new(DropoutRng::new(0)),
         })
     }
 
@@ -353,7 +359,8 @@ impl SongUNet {
     /// * `noise_labels`: `[N]` (c_noise of the preconditioner)
     /// * `class_labels`: `[N, label_dim]`, required iff `label_dim > 0`
     /// * `augment_labels`: `[N, augment_dim]`, optional (as in EDM)
-    /// * `train`: enables dropout and label dropout (candle's RNG).
+    /// * `train`: enables dropout and label dropout (drawn from the network's
+    ///   [`DropoutRng`], see [`Network::reseed_dropout`]).
     ///
     /// Returns `[N, out_channels, R, R]`.
     pub fn forward(
@@ -388,9 +395,9 @@ impl SongUNet {
             })?;
             let mut tmp = labels.clone();
             if train && self.cfg.label_dropout > 0.0 {
-                let keep = Tensor::rand(0f32, 1f32, (n, 1), x.device())?
-                    .ge(self.cfg.label_dropout)?
-                    .to_dtype(tmp.dtype())?;
+                let keep = self
+                    .dropout_rng
+                    .keep_rows(n, self.cfg.label_dropout, &tmp)?;
                 tmp = tmp.broadcast_mul(&keep)?;
             }
             let scaled = (tmp * (map_label.in_features as f64).sqrt())?;
@@ -402,6 +409,7 @@ impl SongUNet {
         let emb = self.map_layer0.forward(&emb)?.silu()?;
         let emb = self.map_layer1.forward(&emb)?.silu()?;
 
+        let drop = train.then_some(&*self.dropout_rng);
         // Encoder.
         let mut skips: Vec<Tensor> = Vec::new();
         let mut x = x.clone();
@@ -427,7 +435,7 @@ impl SongUNet {
                     skips.push(x.clone());
                 }
                 EncItem::Block(block) => {
-                    x = block.forward(&x, &emb, train)?;
+                    x = block.forward(&x, &emb, drop)?;
                     skips.push(x.clone());
                 }
             }
@@ -461,7 +469,7 @@ impl SongUNet {
                         })?;
                         x = Tensor::cat(&[&x, &s], 1)?;
                     }
-                    x = block.forward(&x, &emb, train)?;
+                    x = block.forward(&x, &emb, drop)?;
                 }
             }
         }
@@ -479,6 +487,10 @@ impl Network for SongUNet {
         train: bool,
     ) -> Result<Tensor> {
         SongUNet::forward(self, x, noise_labels, class_labels, augment_labels, train)
+    }
+
+    fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
     }
 
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -378,12 +378,29 @@ impl Default for OptimizerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmaConfig {
-    /// Half-life in kimg.
+    /// `halflife` (EDM's, the default) or `power` (EDM2's power-function EMA).
+    #[serde(default)]
+    pub kind: EmaKind,
+    /// Half-life in kimg (`halflife`).
     #[serde(default = "d_halflife")]
     pub halflife_kimg: f64,
-    /// Ramp-up: half-life ≤ rampup_ratio·images seen; 0 = off.
+    /// Ramp-up: half-life ≤ rampup_ratio·images seen; 0 = off (`halflife`).
     #[serde(default = "d_rampup_ratio")]
     pub rampup_ratio: f64,
+    /// Relative standard deviation σ_rel of the averaging profile (`power`; EDM2
+    /// tracked 0.05 and 0.10).
+    #[serde(default = "d_ema_std")]
+    pub std: f64,
+}
+/// The EMA's form.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmaKind {
+    /// EDM: a fixed half-life in images, with ramp-up.
+    #[default]
+    Halflife,
+    /// EDM2: β_t = (1 − batch/t)^(γ+1) at t images, γ set by `std`.
+    Power,
 }
 fn d_halflife() -> f64 {
     500.0
@@ -391,11 +408,16 @@ fn d_halflife() -> f64 {
 fn d_rampup_ratio() -> f64 {
     0.05
 }
+fn d_ema_std() -> f64 {
+    0.05
+}
 impl Default for EmaConfig {
     fn default() -> Self {
         Self {
+            kind: EmaKind::default(),
             halflife_kimg: d_halflife(),
             rampup_ratio: d_rampup_ratio(),
+            std: d_ema_std(),
         }
     }
 }
@@ -623,6 +645,15 @@ impl Config {
         }
         if !(self.ema.halflife_kimg >= 0.0 && self.ema.rampup_ratio >= 0.0) {
             bail!("ema.halflife_kimg and ema.rampup_ratio must be >= 0");
+        }
+        // σ_rel falls as γ grows from 0 (EDM2's range), so each σ_rel ≤ σ_rel(0) = 1/√12
+        // has one γ ≥ 0.
+        if !(self.ema.std > 0.0 && self.ema.std <= crate::ema::MAX_POWER_STD) {
+            bail!(
+                "ema.std = {} must lie in (0, {:.4}] (σ_rel of a power-function EMA with γ ≥ 0)",
+                self.ema.std,
+                crate::ema::MAX_POWER_STD
+            );
         }
         let s = &self.schedule;
         if !(s.a > 0.0 && s.w_max > 0.0 && s.bump_std > 0.0 && s.delta > 0.0) {

@@ -24,7 +24,7 @@ use lossfloor_data::Dataset;
 use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
 use lossfloor_nets::Network;
 use lossfloor_optimal::Curve;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::json;
@@ -38,6 +38,7 @@ use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, 
 /// RNG stream ids.
 const STREAM_PERM: u64 = 1;
 const STREAM_NOISE: u64 = 2;
+const STREAM_DROPOUT: u64 = 3;
 
 /// A ChaCha8 stream keyed by (seed, a, b, stream).
 pub fn stream_rng(seed: u64, a: u64, b: u64, stream: u64) -> ChaCha8Rng {
@@ -345,6 +346,11 @@ impl Trainer {
             None
         };
         let noise = Tensor::from_vec(c_noise, n, dev)?;
+        // Dropout masks from their own stream of (seed, step, round): reproducible, and
+        // the same after a resume.
+        let dropout_seed =
+            stream_rng(self.cfg.train.seed, self.step, round as u64, STREAM_DROPOUT).next_u64();
+        self.net.reseed_dropout(dropout_seed);
         let f = self.net.forward(
             &y_t.broadcast_mul(&col(c_in)?)?,
             &noise,
@@ -693,6 +699,35 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the lines of `stats.jsonl` logged at or before `nimg` images, and drops the
+/// rest: ticks logged after the state a run resumes from (the process was stopped
+/// before its next state), and a last line cut short by a kill. Returns how many
+/// lines were dropped; rewrites the file atomically only if there were any.
+fn trim_stats(path: &Path, nimg: u64) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let keep_line = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["kimg"].as_f64())
+            .is_some_and(|kimg| (kimg * 1000.0).round() as u64 <= nimg)
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let kept: Vec<&str> = lines.iter().copied().filter(|l| keep_line(l)).collect();
+    let dropped = lines.len() - kept.len();
+    if dropped > 0 {
+        let mut out = kept.join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        crate::state::write_atomic(path, out.as_bytes())?;
+    }
+    Ok(dropped)
+}
+
 /// Loads the dataset of a config (`[data]`: spec, limit, xflip).
 pub fn load_dataset(cfg: &Config) -> Result<Dataset> {
     let spec: lossfloor_data::DataSpec = cfg.data.spec.parse()?;
@@ -732,6 +767,13 @@ pub fn train_with_dataset(
     if let Some(p) = from {
         t.load_state(&p)?;
         eprintln!("resumed from {} at {} images", p.display(), t.nimg);
+        let dropped = trim_stats(&run_dir.join("stats.jsonl"), t.nimg)?;
+        if dropped > 0 {
+            eprintln!(
+                "stats.jsonl: dropped {dropped} line(s) logged after that state (they are \
+                 logged again as training repeats those steps)"
+            );
+        }
     }
     t.run()
 }

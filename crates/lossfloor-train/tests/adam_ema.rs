@@ -1,7 +1,7 @@
 use candle_core::{Device, Tensor, Var};
 use lossfloor_train::adam::{clip_global_norm, learning_rate, nan_to_num, Adam};
-use lossfloor_train::config::{EmaConfig, OptimizerConfig};
-use lossfloor_train::ema::{ema_beta, Ema};
+use lossfloor_train::config::{EmaConfig, EmaKind, OptimizerConfig};
+use lossfloor_train::ema::{ema_beta, power_exponent, power_std, Ema};
 
 /// torch.optim.Adam in f64, with decoupled weight decay.
 fn adam_ref(
@@ -122,6 +122,7 @@ fn ema_follows_edm_formula() {
     let cfg = EmaConfig {
         halflife_kimg: 500.0,
         rampup_ratio: 0.05,
+        ..Default::default()
     };
     // first step: half-life 0 → β = 0 (EMA = weights)
     assert_eq!(ema_beta(&cfg, 0, 512), 0.0);
@@ -134,6 +135,7 @@ fn ema_follows_edm_formula() {
     let no_ramp = EmaConfig {
         halflife_kimg: 10.0,
         rampup_ratio: 0.0,
+        ..Default::default()
     };
     assert!((ema_beta(&no_ramp, 0, 100) - 0.5f64.powf(0.01)).abs() < 1e-15);
 
@@ -148,4 +150,47 @@ fn ema_follows_edm_formula() {
     let e: Vec<f32> = ema.tensors[0].to_vec1().unwrap();
     // θ + β(ema − θ)
     assert_eq!(e, vec![3.0 + 0.75 * (1.0 - 3.0), -2.0 + 0.75 * (2.0 + 2.0)]);
+}
+
+#[test]
+fn power_ema_matches_edm2() {
+    // EDM2's pairs: σ_rel 0.10 ↔ γ = 6.94 and σ_rel 0.05 ↔ γ = 16.97 (Karras et al. 2024).
+    assert!((power_exponent(0.10) - 6.94).abs() < 0.01);
+    assert!((power_exponent(0.05) - 16.97).abs() < 0.01);
+    for std in [0.01, 0.05, 0.1, 0.2, 0.28] {
+        assert!((power_std(power_exponent(std)) - std).abs() < 1e-12);
+    }
+    let cfg = EmaConfig {
+        kind: EmaKind::Power,
+        std: 0.10,
+        ..Default::default()
+    };
+    // β = (1 − batch/t)^(γ+1) with t counted after the step; 0 on the first step
+    assert_eq!(ema_beta(&cfg, 0, 64), 0.0);
+    let g = power_exponent(0.10);
+    assert!((ema_beta(&cfg, 6400 - 64, 64) - (1.0 - 0.01f64).powf(g + 1.0)).abs() < 1e-15);
+
+    // After T unit steps the EMA is Σ w_i θ_i, w_i = (1 − β_i)·Π_{j>i} β_j. Its profile over
+    // i/T has the requested relative standard deviation (the continuous profile ∝ τ^γ has
+    // σ_rel exactly; the discrete one differs by O(1/T)).
+    let steps = 20_000u64;
+    let mut w = vec![0f64; steps as usize];
+    let mut tail = 1.0;
+    for i in (1..=steps).rev() {
+        let b = ema_beta(&cfg, i - 1, 1);
+        w[i as usize - 1] = (1.0 - b) * tail;
+        tail *= b;
+    }
+    let total: f64 = w.iter().sum();
+    assert!((total - 1.0).abs() < 1e-9, "weights sum to {total}");
+    let tau = |i: usize| (i + 1) as f64 / steps as f64;
+    let mean: f64 = w.iter().enumerate().map(|(i, w)| w * tau(i)).sum();
+    let var: f64 = w
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w * (tau(i) - mean).powi(2))
+        .sum();
+    assert!((var.sqrt() - 0.10).abs() < 1e-3, "σ_rel = {}", var.sqrt());
+    // the profile's mean is (γ+1)/(γ+2)
+    assert!((mean - (g + 1.0) / (g + 2.0)).abs() < 1e-3, "mean = {mean}");
 }

@@ -79,6 +79,21 @@ fn unknown_keys_are_rejected_by_name() {
 }
 
 #[test]
+fn power_ema_is_configurable_and_checked() {
+    let cfg = Config::parse(
+        &format!("{MINIMAL}\n[ema]\nkind = \"power\"\nstd = 0.1\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(cfg.ema.kind, lossfloor_train::config::EmaKind::Power);
+    for bad in ["std = 0.3", "std = 0", "kind = \"powr\""] {
+        let e = Config::parse(&format!("{MINIMAL}\n[ema]\n{bad}\n"), &[]).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("std") || msg.contains("powr"), "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn file_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");

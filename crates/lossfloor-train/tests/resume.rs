@@ -22,7 +22,7 @@ model_channels = 8
 channel_mult = [1, 2]
 num_blocks = 1
 attn_resolutions = [4]
-dropout = 0.0
+dropout = 0.2
 [schedule]
 kind = "optimal-loss"
 refresh_kimg = 0.004
