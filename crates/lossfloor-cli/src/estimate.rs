@@ -9,7 +9,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_data::{load, DataSpec};
 use lossfloor_optimal::{estimate_on, write_atomic, EstimateParams, Method};
 
-use crate::data_rows::DataRows;
 use crate::plot::{check_font, plot_curves};
 use crate::sigmas::parse_sigmas;
 
@@ -168,7 +167,7 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     if let Some(n) = args.limit {
         label.push_str(&format!(" (first {n})"));
     }
-    let curve = estimate_on(&device, &DataRows(&data), &label, &sigmas, &params, &|k| {
+    let curve = estimate_on(&device, &data, &label, &sigmas, &params, &|k| {
         bar.inc(k as u64)
     })?;
     bar.finish_and_clear();

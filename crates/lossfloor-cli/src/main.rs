@@ -1,7 +1,6 @@
 //! `lossfloor`: diffusion training against the optimal loss.
 
 mod curve_cmd;
-mod data_rows;
 mod diagnose;
 mod estimate;
 mod fid_cmd;

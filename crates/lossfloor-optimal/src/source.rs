@@ -17,6 +17,20 @@ pub trait RowSource: Sync {
     fn rows<'a>(&'a self, start: usize, count: usize, scratch: &'a mut Vec<f32>) -> &'a [f32];
 }
 
+/// A loaded dataset (stored compactly, e.g. as u8 images) seen as rows of f32 in
+/// [-1, 1], so the estimators run on exactly the data a trainer reads.
+impl RowSource for lossfloor_data::Dataset {
+    fn num_rows(&self) -> usize {
+        self.len()
+    }
+    fn row_dim(&self) -> usize {
+        self.dim()
+    }
+    fn rows<'a>(&'a self, start: usize, count: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        lossfloor_data::Dataset::rows(self, start, count, scratch)
+    }
+}
+
 /// Rows held in memory as one dense row-major f32 buffer.
 #[derive(Debug, Clone)]
 pub struct DenseRows {

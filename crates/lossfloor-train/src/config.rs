@@ -549,6 +549,76 @@ pub struct OptimalLossConfig {
     /// A `lossfloor estimate` curve file of the training data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<PathBuf>,
+    /// Or: estimate the curve of the training data when the run starts, with this budget
+    /// (`[optimal_loss.estimate]`), into `RUN_DIR/optimal-loss-curve.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<CurveEstimateConfig>,
+}
+
+/// `[optimal_loss.estimate]`: the estimator and budget of a curve computed at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurveEstimateConfig {
+    /// Estimator: `exact`, `dol`, `cdol`, `snis` or `gaussian` (see `lossfloor estimate`).
+    #[serde(default = "d_est_method")]
+    pub method: String,
+    /// Monte-Carlo queries per σ̂ (the budget; the exact estimator costs about
+    /// 2·queries·N·D flops per σ̂).
+    #[serde(default = "d_est_queries")]
+    pub queries: usize,
+    /// Smallest σ̂ of the log-spaced grid.
+    #[serde(default = "d_est_sigma_min")]
+    pub sigma_min: f64,
+    /// Largest σ̂ of the grid.
+    #[serde(default = "d_est_sigma_max")]
+    pub sigma_max: f64,
+    /// Number of grid points.
+    #[serde(default = "d_est_points")]
+    pub points: usize,
+    /// Seed of the queries.
+    #[serde(default)]
+    pub seed: u64,
+}
+fn d_est_method() -> String {
+    "exact".into()
+}
+fn d_est_queries() -> usize {
+    256
+}
+fn d_est_sigma_min() -> f64 {
+    0.002
+}
+fn d_est_sigma_max() -> f64 {
+    80.0
+}
+fn d_est_points() -> usize {
+    32
+}
+
+impl CurveEstimateConfig {
+    /// The log-spaced σ̂ grid: `points` values from sigma_min to sigma_max, both included.
+    pub fn sigmas(&self) -> Vec<f64> {
+        let (a, b) = (self.sigma_min.ln(), self.sigma_max.ln());
+        let k = self.points.max(2);
+        (0..k)
+            .map(|i| (a + (b - a) * i as f64 / (k - 1) as f64).exp())
+            .collect()
+    }
+
+    /// The estimator parameters (subset size and C at their defaults).
+    pub fn params(&self) -> Result<lossfloor_optimal::EstimateParams> {
+        let method = self
+            .method
+            .parse()
+            .map_err(|e| anyhow!("optimal_loss.estimate.method: {e}"))?;
+        Ok(lossfloor_optimal::EstimateParams {
+            method,
+            queries: self.queries,
+            subset: None,
+            c: None,
+            seed: self.seed,
+        })
+    }
 }
 
 impl Config {
@@ -673,8 +743,29 @@ impl Config {
         }
         let needs_curve =
             s.kind == ScheduleKind::OptimalLoss || self.loss_weight() == LossWeight::OptimalLoss;
-        if needs_curve && self.optimal_loss.curve.is_none() {
-            bail!("the optimal-loss schedule / weight needs optimal_loss.curve");
+        let ol = &self.optimal_loss;
+        if needs_curve && ol.curve.is_none() && ol.estimate.is_none() {
+            bail!(
+                "the optimal-loss schedule / weight needs optimal_loss.curve (a curve file) or \
+                 [optimal_loss.estimate] (a curve computed at start)"
+            );
+        }
+        if let Some(e) = &ol.estimate {
+            if ol.curve.is_some() {
+                bail!("optimal_loss: set either curve or [optimal_loss.estimate], not both");
+            }
+            e.params()?;
+            if !(e.queries >= 1
+                && e.sigma_min > 0.0
+                && e.sigma_max.is_finite()
+                && e.sigma_max > e.sigma_min
+                && e.points >= 2)
+            {
+                bail!(
+                    "optimal_loss.estimate: need queries >= 1, 0 < sigma_min < sigma_max and \
+                     points >= 2"
+                );
+            }
         }
         Ok(())
     }

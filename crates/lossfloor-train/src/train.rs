@@ -30,7 +30,7 @@ use rand_distr::StandardNormal;
 use serde_json::json;
 
 use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam};
-use crate::config::{Config, LossWeight, NetworkConfig, ScheduleKind};
+use crate::config::{Config, CurveEstimateConfig, LossWeight, NetworkConfig, ScheduleKind};
 use crate::ema::{ema_beta, Ema};
 use crate::schedule::{AdaptiveSchedule, BinStats, OptimalWeight};
 use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, StateTensors};
@@ -146,9 +146,10 @@ impl Trainer {
         let adam = Adam::new(&vars, &cfg.optimizer)?;
         let ema = Ema::new(&vars)?;
         let process = cfg.precond.build()?;
-        let curve = match &cfg.optimal_loss.curve {
-            Some(p) => Some(Curve::load(p)?),
-            None => None,
+        let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
+            (Some(p), _) => Some(Curve::load(p)?),
+            (None, Some(e)) => Some(estimated_curve(e, &dataset, &run_dir, &device)?),
+            (None, None) => None,
         };
         let optimal = || -> Result<OptimalWeight> {
             let c = curve
@@ -408,6 +409,20 @@ impl Trainer {
         let dim = self.dataset.dim() as f64;
         for r in 0..rounds {
             let (g, st) = self.round(r, rb)?;
+            if let Some(q) = st.sq.iter().find(|q| !q.is_finite()) {
+                // Stop before the update: the weights, EMA and the states on disk stay
+                // those of the last good step.
+                let last = latest_state(&self.run_dir)?
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none was written yet".into());
+                bail!(
+                    "non-finite loss ({q}) at step {} ({} images seen): training stopped; \
+                     the last good training state is {last} (resume it with --resume auto, \
+                     perhaps with a lower optimizer.lr or an optimizer.grad_clip)",
+                    self.step,
+                    self.nimg
+                );
+            }
             total = Some(match total {
                 None => g,
                 Some(t) => t
@@ -697,6 +712,60 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
         .with_context(|| format!("{}: cannot open", path.display()))?;
     writeln!(f, "{line}").with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+/// The file a curve estimated at start (`[optimal_loss.estimate]`) is written to.
+pub const ESTIMATED_CURVE_FILE: &str = "optimal-loss-curve.json";
+
+/// The optimal-loss curve of the training data under `[optimal_loss.estimate]`: read from
+/// `run_dir/optimal-loss-curve.json` when an earlier start of this run wrote it (so a
+/// resumed run uses the same curve), else estimated now and written there atomically.
+/// The exact estimator runs on the run's device; the others on the CPU.
+fn estimated_curve(
+    est: &CurveEstimateConfig,
+    dataset: &Dataset,
+    run_dir: &Path,
+    device: &Device,
+) -> Result<Curve> {
+    let path = run_dir.join(ESTIMATED_CURVE_FILE);
+    if path.is_file() {
+        return Ok(Curve::load(&path)?);
+    }
+    let params = est.params()?;
+    let sigmas = est.sigmas();
+    let device = if params.method == lossfloor_optimal::Method::Exact {
+        device.clone()
+    } else {
+        Device::Cpu
+    };
+    eprintln!(
+        "estimating the optimal-loss curve: {} on {} images, {} queries x {} sigmas...",
+        params.method,
+        dataset.len(),
+        params.queries,
+        sigmas.len()
+    );
+    let t0 = Instant::now();
+    let curve = lossfloor_optimal::estimate_on(
+        &device,
+        dataset,
+        dataset.source(),
+        &sigmas,
+        &params,
+        &|_| {},
+    )
+    .context("optimal_loss.estimate")?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
+    curve
+        .save(&path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!(
+        "optimal-loss curve done in {:.1} s: {}",
+        t0.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(curve)
 }
 
 /// Keeps the lines of `stats.jsonl` logged at or before `nimg` images, and drops the
