@@ -344,3 +344,106 @@ fn bad_inputs_fail_cleanly_without_outputs() {
     let o = run(args);
     assert_fails(&o, &["unconditional"], &outs);
 }
+
+/// `fid calc --checkpoint` measures exactly the images `lossfloor sample` draws for the
+/// same seeds: against reference statistics of those very images its FID is 0.
+#[test]
+fn fid_calc_from_a_checkpoint_matches_the_sampled_images() {
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.weights/inception-2015-12-05.pt");
+    if !weights.exists() {
+        eprintln!("skipped: needs scripts/fetch-inception.sh");
+        return;
+    }
+    let w = s(&weights);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ckpt, _) = checkpoint(d, 0);
+    let npy = d.join("x.npy");
+    assert_ok(&lossfloor(&[
+        "sample",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0-5",
+        "--steps",
+        "3",
+        "--out-npy",
+        s(&npy),
+    ]));
+    let reference = d.join("ref.npz");
+    let npy_spec = format!("npy:{}", s(&npy));
+    assert_ok(&lossfloor(&[
+        "fid",
+        "ref",
+        "--data",
+        &npy_spec,
+        "--out",
+        s(&reference),
+        "--weights",
+        w,
+    ]));
+    let result = d.join("fid.json");
+    let calc = |seeds: &str, out: Option<&Path>| {
+        let mut args = vec![
+            "fid",
+            "calc",
+            "--checkpoint",
+            s(&ckpt),
+            "--seeds",
+            seeds,
+            "--steps",
+            "3",
+            "--sample-batch",
+            "4",
+            "--ref",
+            s(&reference),
+            "--weights",
+            w,
+        ];
+        if let Some(o) = out {
+            args.extend(["--out", s(o)]);
+        }
+        lossfloor(&args)
+    };
+    assert_ok(&calc("0-5", Some(&result)));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    assert!(json["fid"].as_f64().unwrap().abs() < 1e-6, "{json}");
+    assert_eq!(json["num_images"], 6);
+    assert_eq!(json["seeds"], "0-5");
+    assert_eq!(json["sampler"]["steps"], 3);
+    assert_eq!(json["checkpoint_sha256"].as_str().unwrap().len(), 64);
+    // other seeds, other images: a positive distance
+    let o = calc("6-11", None);
+    assert_ok(&o);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let fid: f64 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(fid > 1e-3, "{text}");
+    // --num contradicting --seeds, and --images with --checkpoint, are refused
+    let o = lossfloor(&[
+        "fid",
+        "calc",
+        "--checkpoint",
+        s(&ckpt),
+        "--seeds",
+        "0-5",
+        "--num",
+        "7",
+        "--ref",
+        s(&reference),
+        "--weights",
+        w,
+    ]);
+    assert_fails(&o, &["lists 6 seeds", "--num is 7"], &[]);
+    let o = lossfloor(&[
+        "fid",
+        "calc",
+        "--checkpoint",
+        s(&ckpt),
+        "--images",
+        s(&npy),
+        "--ref",
+        s(&reference),
+    ]);
+    assert_fails(&o, &["--images", "--checkpoint"], &[]);
+}

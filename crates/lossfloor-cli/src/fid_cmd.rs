@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_data::{load, DataSpec, Dataset};
@@ -12,8 +13,10 @@ use lossfloor_fid::{
     load_stats_npz, save_stats_npz, FeatureStats, InceptionV3, DEFAULT_WEIGHTS_PATH, FEATURE_DIM,
 };
 use lossfloor_optimal::write_atomic;
+use lossfloor_sampler::{parse_seeds, to_uint8};
 
 use crate::estimate::check_output_path;
+use crate::sample::{generate, load_checkpoint, SamplerOpts, SamplingJob};
 
 /// Fréchet Inception Distance, matching NVlabs/edm's fid.py.
 ///
@@ -65,19 +68,55 @@ struct RefArgs {
     detector: DetectorArgs,
 }
 
+/// Long help of `lossfloor fid calc`.
+const CALC_HELP: &str = "\
+Images come either from files (--images) or straight from a network checkpoint
+(--checkpoint), generated with EDM's sampler and fed to the Inception network batch by
+batch, with no image files written. Each seed's image depends only on the seed, so
+`fid calc --checkpoint C --seeds S` measures exactly the images that
+`lossfloor sample --checkpoint C --seeds S --out-npy x.npy` writes.
+
+With --images, --num takes the first N images (in file-name order for folders and zips),
+not a random subset; EDM's fid.py does the same.
+
+Examples:
+  lossfloor fid calc --images samples/ --ref cifar10-32x32.npz
+  lossfloor fid calc --checkpoint net.safetensors --seeds 0-49999 --ref cifar10-32x32.npz";
+
 #[derive(Args)]
+#[command(after_long_help = CALC_HELP)]
 struct CalcArgs {
     /// Images: a folder or zip of PNGs (e.g. `lossfloor sample --outdir`), or a .npy array
     /// [N,C,H,W] (float in [−1, 1] as written by `lossfloor sample --out-npy`, or uint8)
-    #[arg(long, value_name = "PATH")]
-    images: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "checkpoint",
+        conflicts_with = "checkpoint"
+    )]
+    images: Option<PathBuf>,
+    /// Generate the images on the fly from this network checkpoint (.safetensors)
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// TOML description of a plain state-dict checkpoint ([network], [precond])
+    #[arg(long, value_name = "TOML", requires = "checkpoint")]
+    config: Option<PathBuf>,
+    /// With --checkpoint: the image seeds, e.g. 0-49999 (default 0..N−1 with N = --num)
+    #[arg(long, value_name = "LIST", requires = "checkpoint")]
+    seeds: Option<String>,
+    /// With --checkpoint: images per sampling batch
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    sample_batch: usize,
+    #[command(flatten)]
+    sampler: SamplerOpts,
     /// Reference statistics (.npz with mu and sigma, e.g. from `lossfloor fid ref` or EDM's published files)
     #[arg(long = "ref", value_name = "FILE")]
     reference: PathBuf,
-    /// Number of images to use: fewer available is an error, more uses the first N
-    #[arg(long, value_name = "N", default_value_t = 50_000)]
-    num: usize,
-    /// Also write the result as JSON (FID, image count, detector and reference hashes)
+    /// Number of images (default 50000; with --checkpoint and --seeds, the number of seeds).
+    /// With --images, fewer available is an error and more uses the first N
+    #[arg(long, value_name = "N")]
+    num: Option<usize>,
+    /// Also write the result as JSON (FID, image count, seeds, detector and reference hashes)
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -91,12 +130,11 @@ pub fn run(args: FidArgs) -> Result<()> {
     }
 }
 
-fn load_detector(d: &DetectorArgs) -> Result<InceptionV3> {
+fn load_detector(d: &DetectorArgs, device: &Device) -> Result<InceptionV3> {
     if d.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = crate::open_device_flag(&d.device)?;
-    let mut net = InceptionV3::load_on(&d.weights, &device)?;
+    let mut net = InceptionV3::load_on(&d.weights, device)?;
     net.batch_size = d.batch;
     Ok(net)
 }
@@ -138,7 +176,8 @@ fn dataset_stats(net: &InceptionV3, data: &Dataset, count: usize) -> Result<Feat
 
 fn run_ref(a: RefArgs) -> Result<()> {
     check_output_path(&a.out, "--out")?;
-    let net = load_detector(&a.detector)?;
+    let device = crate::open_device_flag(&a.detector.device)?;
+    let net = load_detector(&a.detector, &device)?;
     let spec: DataSpec = a.data.parse()?;
     let mut data = load(&spec)?;
     if let Some(n) = a.limit {
@@ -171,16 +210,67 @@ fn run_calc(a: CalcArgs) -> Result<()> {
     if let Some(out) = &a.out {
         check_output_path(out, "--out")?;
     }
-    if a.num < 2 {
-        bail!("--num must be at least 2");
+    let seeds = match (&a.checkpoint, &a.seeds) {
+        (Some(_), Some(list)) => {
+            let seeds = parse_seeds(list)?;
+            if a.num.is_some_and(|n| n != seeds.len()) {
+                bail!(
+                    "--seeds {list} lists {} seeds but --num is {}; give one of them",
+                    seeds.len(),
+                    a.num.unwrap_or(0)
+                );
+            }
+            Some(seeds)
+        }
+        (Some(_), None) => Some((0..a.num.unwrap_or(50_000) as u64).collect()),
+        (None, _) => None,
+    };
+    let num = seeds.as_ref().map_or(a.num.unwrap_or(50_000), Vec::len);
+    if num < 2 {
+        bail!("--num must be at least 2 (the covariance needs two images)");
+    }
+    let sampler_cfg = a.sampler.heun_config()?;
+    if a.sample_batch == 0 {
+        bail!("--sample-batch must be at least 1");
     }
     let reference = load_stats_npz(&a.reference)?;
-    let net = load_detector(&a.detector)?;
-    let data = load(&images_spec(&a.images)?)?;
-    if data.len() < a.num {
-        bail!("{}: {} images found, but --num asks for {} (pass a smaller --num or generate more images)", a.images.display(), data.len(), a.num);
-    }
-    let stats = dataset_stats(&net, &data, a.num)?.stats();
+    let device = crate::open_device_flag(&a.detector.device)?;
+    let net = load_detector(&a.detector, &device)?;
+    let (stats, source, checkpoint_sha) = match (&a.images, &a.checkpoint) {
+        (Some(images), _) => {
+            let data = load(&images_spec(images)?)?;
+            if data.len() < num {
+                bail!("{}: {} images found, but --num asks for {num} (pass a smaller --num or generate more images)", images.display(), data.len());
+            }
+            let stats = dataset_stats(&net, &data, num)?;
+            (stats, images.display().to_string(), None)
+        }
+        (None, Some(ckpt)) => {
+            let seeds = seeds.as_deref().unwrap_or_default();
+            let loaded = load_checkpoint(ckpt, a.config.as_deref(), &device)?;
+            let labels = a.sampler.class_labels(loaded.spec.label_dim(), seeds)?;
+            let job = SamplingJob {
+                loaded: &loaded,
+                seeds,
+                labels: labels.as_deref(),
+                cfg: &sampler_cfg,
+                batch: a.sample_batch,
+                latents: None,
+                device: &device,
+            };
+            let mut stats = FeatureStats::new(FEATURE_DIM);
+            generate(&job, &mut |_, x| {
+                let (m, c, h, w) = x.dims4()?;
+                let bytes = to_uint8(&x)?.flatten_all()?.to_vec1::<u8>()?;
+                let feats = net.features_tensor(&bytes, m, c, h, w)?;
+                stats.accumulate_flat(&feats.flatten_all()?.to_vec1::<f32>()?)?;
+                Ok(())
+            })?;
+            (stats, ckpt.display().to_string(), Some(sha256_file(ckpt)?))
+        }
+        (None, None) => bail!("give --images or --checkpoint"),
+    };
+    let stats = stats.stats();
     if reference.mu.len() != stats.mu.len() {
         bail!(
             "{}: mu has {} values, expected {}",
@@ -191,22 +281,41 @@ fn run_calc(a: CalcArgs) -> Result<()> {
     }
     let fid = stats.frechet_distance(&reference)?;
     println!(
-        "FID {fid:.4} ({} images of {} against {})",
-        a.num,
-        a.images.display(),
+        "FID {fid:.4} ({num} images of {source} against {})",
         a.reference.display()
     );
     if let Some(out) = &a.out {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "fid": fid,
-            "num_images": a.num,
-            "images": a.images.display().to_string(),
+            "num_images": num,
+            "images": a.images.as_ref().map(|p| p.display().to_string()),
             "ref": a.reference.display().to_string(),
             "ref_sha256": sha256_file(&a.reference)?,
             "detector": a.detector.weights.display().to_string(),
             "detector_sha256": sha256_file(&a.detector.weights)?,
             "seeds": serde_json::Value::Null,
         });
+        if let Some(ckpt) = &a.checkpoint {
+            json["checkpoint"] = ckpt.display().to_string().into();
+            json["checkpoint_sha256"] = checkpoint_sha.into();
+            json["seeds"] = a
+                .seeds
+                .clone()
+                .unwrap_or_else(|| format!("0-{}", num - 1))
+                .into();
+            json["sampler"] = serde_json::json!({
+                "steps": sampler_cfg.num_steps,
+                "solver": format!("{:?}", a.sampler.solver).to_lowercase(),
+                "sigma_min": sampler_cfg.sigma_min,
+                "sigma_max": sampler_cfg.sigma_max,
+                "rho": sampler_cfg.rho,
+                "s_churn": sampler_cfg.s_churn,
+                "s_min": sampler_cfg.s_min,
+                "s_max": if sampler_cfg.s_max.is_finite() { sampler_cfg.s_max.into() } else { serde_json::Value::from("inf") },
+                "s_noise": sampler_cfg.s_noise,
+                "class": a.sampler.class,
+            });
+        }
         write_atomic(out, serde_json::to_string_pretty(&json)?.as_bytes())
             .with_context(|| format!("cannot write {}", out.display()))?;
     }

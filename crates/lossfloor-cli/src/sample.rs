@@ -41,6 +41,81 @@ succeeds; every file is written atomically. Runs on the CPU.
 Example:
   lossfloor sample --checkpoint net.safetensors --seeds 0-63 --steps 18 --grid grid.png";
 
+/// The sampler's settings (EDM's Algorithm 2), shared by `lossfloor sample` and
+/// `lossfloor fid calc --checkpoint`.
+#[derive(Args, Debug)]
+pub struct SamplerOpts {
+    /// Number of time steps N (Heun: 2N − 1 network evaluations)
+    #[arg(long, default_value_t = 18)]
+    pub steps: usize,
+    /// Class label of every image (class-conditional networks; default: drawn per seed)
+    #[arg(long, value_name = "K")]
+    pub class: Option<usize>,
+    /// Smallest noise level σ_min
+    #[arg(long, default_value_t = 0.002)]
+    pub sigma_min: f64,
+    /// Largest noise level σ_max
+    #[arg(long, default_value_t = 80.0)]
+    pub sigma_max: f64,
+    /// ρ of the time-step schedule
+    #[arg(long, default_value_t = 7.0)]
+    pub rho: f64,
+    /// S_churn: stochasticity (0 = deterministic)
+    #[arg(long, default_value_t = 0.0)]
+    pub s_churn: f64,
+    /// S_min: churn only for σ ≥ S_min
+    #[arg(long, default_value_t = 0.0)]
+    pub s_min: f64,
+    /// S_max: churn only for σ ≤ S_max
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub s_max: f64,
+    /// S_noise: scale of the churn noise
+    #[arg(long, default_value_t = 1.0)]
+    pub s_noise: f64,
+    /// ODE solver
+    #[arg(long, value_enum, default_value = "heun")]
+    pub solver: SolverArg,
+}
+
+impl SamplerOpts {
+    /// The checked sampler configuration.
+    pub fn heun_config(&self) -> Result<HeunConfig> {
+        let cfg = HeunConfig {
+            num_steps: self.steps,
+            sigma_min: self.sigma_min,
+            sigma_max: self.sigma_max,
+            rho: self.rho,
+            s_churn: self.s_churn,
+            s_min: self.s_min,
+            s_max: self.s_max,
+            s_noise: self.s_noise,
+            solver: match self.solver {
+                SolverArg::Heun => Solver::Heun,
+                SolverArg::Euler => Solver::Euler,
+            },
+        };
+        cfg.validate().context("sampler settings")?;
+        Ok(cfg)
+    }
+
+    /// The class label of each seed: `--class` for all, or drawn per seed for a
+    /// class-conditional network; `None` for an unconditional one.
+    pub fn class_labels(&self, label_dim: usize, seeds: &[u64]) -> Result<Option<Vec<usize>>> {
+        Ok(match (label_dim, self.class) {
+            (0, Some(_)) => bail!("--class given, but the network is unconditional"),
+            (0, None) => None,
+            (k, Some(cls)) if cls >= k => bail!("--class {cls} out of range 0..{k}"),
+            (_, Some(cls)) => Some(vec![cls; seeds.len()]),
+            (k, None) => Some(
+                seeds
+                    .iter()
+                    .map(|&s| random_class(s, k))
+                    .collect::<lossfloor_sampler::Result<_>>()?,
+            ),
+        })
+    }
+}
+
 /// Generate images from a network checkpoint with EDM's sampler (Algorithm 2).
 #[derive(Args, Debug)]
 #[command(after_long_help = LONG_HELP)]
@@ -54,9 +129,6 @@ pub struct SampleArgs {
     /// Image seeds, e.g. 0-63 or 0,5,10-19 (default 0-63; with --latents, 0..N-1)
     #[arg(long, value_name = "LIST")]
     seeds: Option<String>,
-    /// Number of time steps N (Heun: 2N − 1 network evaluations)
-    #[arg(long, default_value_t = 18)]
-    steps: usize,
     /// Write all images as one PNG grid
     #[arg(long, value_name = "PNG")]
     grid: Option<PathBuf>,
@@ -78,33 +150,8 @@ pub struct SampleArgs {
     /// Images per batch
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Class label of every image (class-conditional networks; default: drawn per seed)
-    #[arg(long, value_name = "K")]
-    class: Option<usize>,
-    /// Smallest noise level σ_min
-    #[arg(long, default_value_t = 0.002)]
-    sigma_min: f64,
-    /// Largest noise level σ_max
-    #[arg(long, default_value_t = 80.0)]
-    sigma_max: f64,
-    /// ρ of the time-step schedule
-    #[arg(long, default_value_t = 7.0)]
-    rho: f64,
-    /// S_churn: stochasticity (0 = deterministic)
-    #[arg(long, default_value_t = 0.0)]
-    s_churn: f64,
-    /// S_min: churn only for σ ≥ S_min
-    #[arg(long, default_value_t = 0.0)]
-    s_min: f64,
-    /// S_max: churn only for σ ≤ S_max
-    #[arg(long, default_value_t = f64::INFINITY)]
-    s_max: f64,
-    /// S_noise: scale of the churn noise
-    #[arg(long, default_value_t = 1.0)]
-    s_noise: f64,
-    /// ODE solver
-    #[arg(long, value_enum, default_value = "heun")]
-    solver: SolverArg,
+    #[command(flatten)]
+    sampler: SamplerOpts,
     /// Compute device: cpu, or cuda[:N] (needs a binary built by scripts/build-cuda.sh).
     /// Latents are drawn on the CPU per seed, so a seed gives the same image on any device.
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
@@ -168,18 +215,113 @@ fn check_outdir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load(args: &SampleArgs, device: &Device) -> Result<LoadedNetwork> {
-    if !args.checkpoint.is_file() {
+/// Loads a network checkpoint: a lossfloor network file, or a plain state dict described
+/// by a TOML `config`.
+pub fn load_checkpoint(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    device: &Device,
+) -> Result<LoadedNetwork> {
+    if !checkpoint.is_file() {
         bail!(
             "checkpoint {} does not exist or is not a file",
-            args.checkpoint.display()
+            checkpoint.display()
         );
     }
-    let loaded = match &args.config {
-        Some(cfg) => load_network_with_config(&args.checkpoint, cfg, device)?,
-        None => load_network(&args.checkpoint, device)?,
+    let loaded = match config {
+        Some(cfg) => load_network_with_config(checkpoint, cfg, device)?,
+        None => load_network(checkpoint, device)?,
     };
+    eprintln!(
+        "network: {} ({:.2} M parameters), process {}, {}x{r}x{r}{}",
+        loaded.spec.arch(),
+        loaded.network.num_parameters() as f64 / 1e6,
+        loaded.precond.process,
+        loaded.spec.img_channels(),
+        match loaded.spec.label_dim() {
+            0 => String::new(),
+            k => format!(", {k} classes"),
+        },
+        r = loaded.spec.img_resolution(),
+    );
     Ok(loaded)
+}
+
+/// What [`generate`] draws: the images of `seeds` (with their class `labels` for a
+/// class-conditional network) from `loaded` with sampler settings `cfg`.
+#[derive(Clone, Copy)]
+pub struct SamplingJob<'a> {
+    pub loaded: &'a LoadedNetwork,
+    pub seeds: &'a [u64],
+    pub labels: Option<&'a [usize]>,
+    pub cfg: &'a HeunConfig,
+    /// Images per batch.
+    pub batch: usize,
+    /// Given latents `[N, C, H, W]` instead of the seeds' own.
+    pub latents: Option<&'a Tensor>,
+    pub device: &'a Device,
+}
+
+/// Draws the images of `seeds` in batches of `batch` and hands each batch (float32
+/// `[B, C, H, W]`, about [−1, 1]) to `on_batch` with the index of its first image, under a
+/// progress bar. Each seed has its own random stream (latents, churn noise), so an image
+/// depends only on its seed; `latents`, when given, replaces the seeds' latents.
+pub fn generate(
+    job: &SamplingJob,
+    on_batch: &mut dyn FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    let SamplingJob {
+        loaded,
+        seeds,
+        labels,
+        cfg,
+        batch,
+        latents,
+        device,
+    } = *job;
+    let spec = &loaded.spec;
+    let (c, r, label_dim) = (spec.img_channels(), spec.img_resolution(), spec.label_dim());
+    let n = seeds.len();
+    let denoiser = loaded_denoiser(loaded)?;
+    eprintln!(
+        "sampling {n} images, {} steps ({} network evaluations each), batch {batch}",
+        cfg.num_steps,
+        cfg.nfe(),
+    );
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(
+            "sample [{bar:40}] {pos}/{len} images, {elapsed_precise} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let t1 = Instant::now();
+    for start in (0..n).step_by(batch.max(1)) {
+        let end = (start + batch).min(n);
+        let batch_seeds = &seeds[start..end];
+        let mut rng = SeedRng::new(batch_seeds);
+        let latents = match latents {
+            Some(l) => l.narrow(0, start, end - start)?,
+            None => rng.randn(&[c, r, r], device)?,
+        };
+        let class = match labels {
+            Some(l) => Some(one_hot(&l[start..end], label_dim, device)?),
+            None => None,
+        };
+        let x = sample(&denoiser, &latents, class.as_ref(), cfg, &mut |s| {
+            rng.randn_like(s, device)
+        })
+        .with_context(|| format!("sampling seeds {}..={}", seeds[start], seeds[end - 1]))?;
+        on_batch(start, x)?;
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    let secs = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "sampled {n} images in {secs:.1} s ({:.3} s per image)",
+        secs / n.max(1) as f64
+    );
+    Ok(())
 }
 
 /// Runs `lossfloor sample`.
@@ -196,21 +338,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.grid_cols == Some(0) {
         bail!("--grid-cols must be at least 1");
     }
-    let cfg = HeunConfig {
-        num_steps: args.steps,
-        sigma_min: args.sigma_min,
-        sigma_max: args.sigma_max,
-        rho: args.rho,
-        s_churn: args.s_churn,
-        s_min: args.s_min,
-        s_max: args.s_max,
-        s_noise: args.s_noise,
-        solver: match args.solver {
-            SolverArg::Heun => Solver::Heun,
-            SolverArg::Euler => Solver::Euler,
-        },
-    };
-    cfg.validate().context("sampler settings")?;
+    let cfg = args.sampler.heun_config()?;
     let seeds_given = match &args.seeds {
         Some(s) => Some(parse_seeds(s)?),
         None => None,
@@ -230,23 +358,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
     }
 
-    let t0 = Instant::now();
-    let loaded = load(&args, &device)?;
+    let loaded = load_checkpoint(&args.checkpoint, args.config.as_deref(), &device)?;
     let spec = &loaded.spec;
     let (c, r) = (spec.img_channels(), spec.img_resolution());
     let label_dim = spec.label_dim();
-    eprintln!(
-        "network: {} ({:.2} M parameters), process {}, {c}x{r}x{r}{}, loaded in {:.1} s",
-        spec.arch(),
-        loaded.network.num_parameters() as f64 / 1e6,
-        loaded.precond.process,
-        if label_dim > 0 {
-            format!(", {label_dim} classes")
-        } else {
-            String::new()
-        },
-        t0.elapsed().as_secs_f64()
-    );
 
     // Latents and seeds.
     let latents_file = match &args.latents {
@@ -270,65 +385,27 @@ pub fn run(args: SampleArgs) -> Result<()> {
     };
     let n = seeds.len();
 
-    // Class labels.
-    let labels: Option<Vec<usize>> = match (label_dim, args.class) {
-        (0, Some(_)) => bail!("--class given, but the network is unconditional"),
-        (0, None) => None,
-        (k, Some(cls)) if cls >= k => bail!("--class {cls} out of range 0..{k}"),
-        (_, Some(cls)) => Some(vec![cls; n]),
-        (k, None) => Some(
-            seeds
-                .iter()
-                .map(|&s| random_class(s, k))
-                .collect::<lossfloor_sampler::Result<_>>()?,
-        ),
-    };
+    let labels = args.sampler.class_labels(label_dim, &seeds)?;
 
-    let denoiser = loaded_denoiser(&loaded)?;
-    eprintln!(
-        "sampling {n} images, {} steps ({} network evaluations each), batch {}",
-        cfg.num_steps,
-        cfg.nfe(),
-        args.batch
-    );
-    let bar = ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template(
-            "sample [{bar:40}] {pos}/{len} images, {elapsed_precise} elapsed, ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    let t1 = Instant::now();
     let mut pixels = Vec::new();
     let mut raw = Vec::new();
-    for start in (0..n).step_by(args.batch) {
-        let end = (start + args.batch).min(n);
-        let batch_seeds = &seeds[start..end];
-        let mut rng = SeedRng::new(batch_seeds);
-        let latents = match &latents_file {
-            Some(l) => l.narrow(0, start, end - start)?,
-            None => rng.randn(&[c, r, r], &device)?,
-        };
-        let class = match &labels {
-            Some(l) => Some(one_hot(&l[start..end], label_dim, &device)?),
-            None => None,
-        };
-        let x = sample(&denoiser, &latents, class.as_ref(), &cfg, &mut |s| {
-            rng.randn_like(s, &device)
-        })
-        .with_context(|| format!("sampling seeds {}..={}", seeds[start], seeds[end - 1]))?;
+    let keep_raw = args.out_npy.is_some();
+    let job = SamplingJob {
+        loaded: &loaded,
+        seeds: &seeds,
+        labels: labels.as_deref(),
+        cfg: &cfg,
+        batch: args.batch,
+        latents: latents_file.as_ref(),
+        device: &device,
+    };
+    generate(&job, &mut |_, x| {
         pixels.push(to_uint8(&x)?);
-        if args.out_npy.is_some() {
+        if keep_raw {
             raw.push(x);
         }
-        bar.inc((end - start) as u64);
-    }
-    bar.finish_and_clear();
-    let secs = t1.elapsed().as_secs_f64();
-    eprintln!(
-        "sampled {n} images in {secs:.1} s ({:.3} s per image)",
-        secs / n as f64
-    );
+        Ok(())
+    })?;
 
     // Outputs, only now that every batch succeeded.
     let pixels = Tensor::cat(&pixels, 0)?;

@@ -3,40 +3,7 @@
 use std::time::Instant;
 
 use faer::Mat;
-use lossfloor_fid::{frechet_distance, FeatureStats, InceptionV3, FEATURE_DIM};
-
-#[test]
-#[ignore = "benchmark; needs .weights/inception-2015-12-05.pt"]
-fn bench_inception_features() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.weights/inception-2015-12-05.pt");
-    let t = Instant::now();
-    let mut net = match InceptionV3::load(&path) {
-        Ok(net) => net,
-        Err(e) => {
-            println!("SKIP bench_inception_features: {e}");
-            return;
-        }
-    };
-    println!(
-        "load (sha256 + parse + fold): {:.2}s",
-        t.elapsed().as_secs_f64()
-    );
-    let n = 32;
-    let images: Vec<u8> = (0..n * 3 * 32 * 32).map(|i| (i * 7 % 251) as u8).collect();
-    for bs in [8, 32] {
-        net.batch_size = bs;
-        net.features(&images[..3 * 32 * 32], 1, 3, 32, 32).unwrap();
-        let t = Instant::now();
-        let f = net.features(&images, n, 3, 32, 32).unwrap();
-        let s = t.elapsed().as_secs_f64();
-        assert_eq!(f.len(), n);
-        println!(
-            "batch {bs}: {n} images 32x32 -> 299 in {s:.2}s = {:.1} img/s",
-            n as f64 / s
-        );
-    }
-}
+use lossfloor_fid::{frechet_distance, FeatureStats, FEATURE_DIM};
 
 #[test]
 #[ignore = "benchmark"]
