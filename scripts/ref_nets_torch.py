@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference outputs of EDM's SongUNet and DhariwalUNet for lossfloor's
+"""PyTorch reference outputs of EDM's SongUNet and DhariwalUNet, and of DiT, for lossfloor's
 weight-compatibility test.
 
 An independent PyTorch implementation (written for lossfloor, not EDM's code) of the
@@ -7,7 +7,9 @@ architectures of SongUNet and DhariwalUNet (ADM) in NVlabs/edm `training/network
 its `state_dict` keys are EDM's (`enc.16x16_conv.weight`, ...; lossfloor adds the
 preconditioner's `model.` prefix). For a few small configurations covering every option
 (positional/Fourier embedding, standard/skip/residual encoder, standard/skip decoder,
-resample filters [1,1] and [1,3,3,1], attention, class and augment conditioning) it fills
+resample filters [1,1] and [1,3,3,1], attention, class and augment conditioning), for ADM,
+and for a small DiT (facebookresearch/DiT's models.py names: `x_embedder.proj`,
+`blocks.0.adaLN_modulation.1`, ...) it fills
 every tensor with values from a fixed formula of its name (`fill` below, mirrored in
 crates/lossfloor-nets/tests/torch_parity.rs), runs one forward pass on formula inputs and
 writes crates/lossfloor-nets/tests/fixtures/torch_parity.json: per config the options,
@@ -303,6 +305,89 @@ class SongUNet(nn.Module):
         return aux
 
 
+def sincos_1d(dim, pos):
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim, grid_size):
+    """DiT's fixed positional embedding: the first half of the channels encodes the column
+    (meshgrid(w, h) puts w first), the second the row; tokens in row-major order."""
+    gh = np.arange(grid_size, dtype=np.float32)
+    gw = np.arange(grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(gw, gh), axis=0).reshape(2, 1, grid_size, grid_size)
+    return np.concatenate([sincos_1d(dim // 2, grid[0]), sincos_1d(dim // 2, grid[1])], axis=1)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, hidden, heads, mlp_ratio):
+        super().__init__()
+        self.heads = heads
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn.proj = nn.Linear(hidden, hidden)
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(hidden, int(hidden * mlp_ratio))
+        self.mlp.fc2 = nn.Linear(int(hidden * mlp_ratio), hidden)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def attention(self, x):
+        b, t, c = x.shape
+        qkv = self.attn.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
+        return self.attn.proj((a @ v).transpose(1, 2).reshape(b, t, c))
+
+    def forward(self, x, c):
+        sm, cm, gm, sp, cp, gp = self.adaLN_modulation(c).chunk(6, dim=1)
+        ln = lambda z: F.layer_norm(z, z.shape[-1:], eps=1e-6)
+        x = x + gm[:, None] * self.attention(ln(x) * (1 + cm[:, None]) + sm[:, None])
+        h = ln(x) * (1 + cp[:, None]) + sp[:, None]
+        return x + gp[:, None] * self.mlp.fc2(F.gelu(self.mlp.fc1(h), approximate="tanh"))
+
+
+class DiT(nn.Module):
+    """DiT (Peebles & Xie 2023) as facebookresearch/DiT's models.py defines it."""
+
+    def __init__(self, input_size, patch_size, in_channels, hidden_size, depth, num_heads,
+                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True):
+        super().__init__()
+        self.p, self.out_ch = patch_size, in_channels * (2 if learn_sigma else 1)
+        self.x_embedder = nn.Module()
+        self.x_embedder.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.t_embedder = nn.Module()
+        self.t_embedder.mlp = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(),
+                                            nn.Linear(hidden_size, hidden_size))
+        self.y_embedder = nn.Module()
+        self.y_embedder.embedding_table = nn.Embedding(
+            num_classes + int(class_dropout_prob > 0), hidden_size)
+        grid = input_size // patch_size
+        pos = torch.from_numpy(sincos_2d(hidden_size, grid)).float().unsqueeze(0)
+        self.pos_embed = nn.Parameter(pos, requires_grad=False)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = nn.Module()
+        self.final_layer.linear = nn.Linear(hidden_size, patch_size * patch_size * self.out_ch)
+        self.final_layer.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x, t, y):
+        n = x.shape[0]
+        x = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+        half = 128
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+        args = t[:, None].float() * freqs[None]
+        c = self.t_embedder.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        c = c + self.y_embedder.embedding_table(y)
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.final_layer.adaLN_modulation(c).chunk(2, dim=1)
+        x = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+        x = self.final_layer.linear(x)
+        h = int(x.shape[1] ** 0.5)
+        x = x.reshape(n, h, h, self.p, self.p, self.out_ch)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(n, self.out_ch, h * self.p, h * self.p)
+
+
 def fnv1a(name):
     h = 0xcbf29ce484222325
     for b in name.encode():
@@ -338,6 +423,11 @@ def inputs(n, c, r, label_dim, augment_dim):
     return (torch.from_numpy(x.reshape(n, c, r, r)), torch.from_numpy(noise),
             torch.from_numpy(labels), torch.from_numpy(aug.reshape(n, augment_dim)))
 
+
+DIT_CONFIGS = {
+    "dit": dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
+                mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=5, learn_sigma=True),
+}
 
 ADM_CONFIGS = {
     "adm": dict(img_resolution=16, in_channels=3, out_channels=3, label_dim=5, augment_dim=2,
@@ -390,6 +480,29 @@ def main():
         }
         print(f"{key}: {sum(np.prod(s) for s in tensors.values())} values in {len(tensors)} "
               f"tensors, output {list(y.shape)}, |y| max {y.abs().max():.4f}")
+    for key, cfg in DIT_CONFIGS.items():
+        net = DiT(**cfg).eval()
+        tensors = {}
+        for name, t in net.state_dict(keep_vars=True).items():
+            tensors[name] = list(t.shape)
+            if name == "pos_embed":
+                continue  # fixed sin-cos table, computed by each side
+            with torch.no_grad():
+                t.copy_(torch.from_numpy(fill(name, list(t.shape))))
+        n, c, r = 2, cfg["in_channels"], cfg["input_size"]
+        x, _, _, _ = inputs(n, c, r, 0, 0)
+        t = torch.tensor([3.5, 640.0])  # DiT's timesteps, 0..999
+        y = torch.tensor([1, cfg["num_classes"]])  # a class and the null class
+        with torch.no_grad():
+            out_t = net(x, t, y)
+        out[key] = {
+            "config": cfg,
+            "tensors": dict(sorted(tensors.items())),
+            "output_shape": list(out_t.shape),
+            "output": [float(v) for v in out_t.flatten().numpy()],
+        }
+        print(f"{key}: {len(tensors)} tensors, output {list(out_t.shape)}, "
+              f"|y| max {out_t.abs().max():.4f}")
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(out, f, indent=1)
