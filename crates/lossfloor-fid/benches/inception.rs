@@ -9,6 +9,8 @@ use std::time::Instant;
 use lossfloor_fid::InceptionV3;
 
 fn main() {
+    // As the lossfloor binary does (lossfloor_ops::alloc).
+    lossfloor_ops::keep_freed_memory();
     // cargo bench passes `--bench`; numbers are the repeats and the image count.
     let nums: Vec<usize> = std::env::args()
         .skip(1)

@@ -14,6 +14,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // As the lossfloor binary does (lossfloor_ops::alloc).
+    lossfloor_ops::keep_freed_memory();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

@@ -1,7 +1,7 @@
 //! EDM's building blocks (`Linear`, `Conv2d` with resampling, `GroupNorm`,
 //! `UNetBlock`) from primitive candle ops, all of which have a backward pass.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::dropout::DropoutRng;
@@ -227,7 +227,7 @@ impl Resample {
     /// Depthwise filter at stride 2 with the given padding.
     pub(crate) fn down(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
         match self {
-            Resample::Box => Ok(x.avg_pool2d(2)?),
+            Resample::Box => Ok(lossfloor_ops::downsample2x_box(x)?),
             Resample::Fir { kernel, .. } => {
                 let (n, c, h, w) = x.dims4()?;
                 let y = x.reshape((n * c, 1, h, w))?.conv2d(kernel, pad, 2, 1, 1)?;
@@ -240,15 +240,10 @@ impl Resample {
     /// Depthwise transposed filter (times 4) at stride 2 with the given padding.
     pub(crate) fn up(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
         match self {
-            Resample::Box => {
-                // Not `upsample_nearest2d`: its backward in candle 0.11.1 overwrites
-                // (instead of adding to) the gradient already accumulated for its
-                // input, which breaks any input that has a second consumer.
-                let (n, c, h, w) = x.dims4()?;
-                Ok(x.reshape((n, c, h, 1, w, 1))?
-                    .broadcast_as((n, c, h, 2, w, 2))?
-                    .reshape((n, c, 2 * h, 2 * w))?)
-            }
+            // Not candle's `upsample_nearest2d`: its backward in candle 0.11.1 overwrites
+            // (instead of adding to) the gradient already accumulated for its input,
+            // which breaks any input that has a second consumer.
+            Resample::Box => Ok(lossfloor_ops::upsample2x_nearest(x)?),
             Resample::Fir { kernel_up, .. } => {
                 let (n, c, h, w) = x.dims4()?;
                 let y = x
@@ -596,14 +591,9 @@ impl UNetBlock {
                 .forward(&attn.norm2.forward(&h)?)?
                 .reshape((b, ch, 3, l))?;
             let q = qkv.narrow(2, 0, 1)?.squeeze(2)?;
-            let k = (qkv.narrow(2, 1, 1)?.squeeze(2)? / (ch as f64).sqrt())?;
-            let v = qkv.narrow(2, 2, 1)?.squeeze(2)?.contiguous()?;
-            // w[b, q, k] = softmax_k(sum_c q[b,c,q] k[b,c,k] / sqrt(c_head))
-            let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
-            let w = candle_nn::ops::softmax(&logits, D::Minus1)?;
-            // a[b, c, q] = sum_k w[b,q,k] v[b,c,k]
-            let a = v.matmul(&w.transpose(1, 2)?.contiguous()?)?;
-            let a = a.reshape((n, c, hh, ww))?;
+            let k = qkv.narrow(2, 1, 1)?.squeeze(2)?;
+            let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
+            let a = lossfloor_ops::attention(&q, &k, &v)?.reshape((n, c, hh, ww))?;
             h = self.scaled((attn.proj.forward(&a)? + h)?)?;
         }
         Ok(h)

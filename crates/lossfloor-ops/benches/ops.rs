@@ -53,6 +53,8 @@ fn bench(name: &str, impl_name: &str, repeats: usize, x: &Tensor, a: &Tensor, b:
 }
 
 fn main() {
+    // As the lossfloor binary does (lossfloor_ops::alloc).
+    lossfloor_ops::keep_freed_memory();
     let repeats = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -80,6 +82,41 @@ fn main() {
             conv2d_reference(x, w, Some(b), 1, 1)
         });
     }
+    // DDPM++'s attention (16×16 tokens, 256 channels, one head) and its 2× resampling of
+    // 256-channel maps.
+    let qkv: Vec<Tensor> = (0..3)
+        .map(|_| Tensor::randn(0f32, 1.0, (n, 256, 256), &dev).unwrap())
+        .collect();
+    bench(
+        "attention 256ch 16x16",
+        "lossfloor",
+        repeats,
+        &qkv[0],
+        &qkv[1],
+        &qkv[2],
+        attention,
+    );
+    let x16 = Tensor::randn(0f32, 1.0, (n, 256, 16, 16), &dev).unwrap();
+    let x32 = Tensor::randn(0f32, 1.0, (n, 256, 32, 32), &dev).unwrap();
+    bench(
+        "up2x nearest 256ch 16->32",
+        "lossfloor",
+        repeats,
+        &x16,
+        &x16,
+        &x16,
+        |x, _, _| upsample2x_nearest(x),
+    );
+    bench(
+        "down2x box 256ch 32->16",
+        "lossfloor",
+        repeats,
+        &x32,
+        &x32,
+        &x32,
+        |x, _, _| downsample2x_box(x),
+    );
+
     let x = Tensor::randn(0f32, 1.0, (n, 128, 32, 32), &dev).unwrap();
     let g = Tensor::ones(128, DType::F32, &dev).unwrap();
     let b = Tensor::zeros(128, DType::F32, &dev).unwrap();

@@ -26,16 +26,208 @@ struct GroupNormOp {
     backward: bool,
 }
 
-/// Mean and 1/√(var + ε) of one group's values.
+/// Lanes of the f64 accumulators: independent partial sums break the add-latency chain
+/// and let the compiler vectorise the reductions (a single running sum cannot be
+/// reordered without fast-math).
+const LANES: usize = 8;
+
+/// Σ f(v) over `v` in f64, in LANES partial sums.
+#[inline(always)]
+fn lane_sum<T: Elem>(v: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&x| f(x)).sum::<f64>()
+}
+
+/// Mean and 1/√(var + ε) of one group's values (two passes, f64 sums).
 fn group_stats<T: Elem>(v: &[T], eps: f64) -> (f64, f64) {
     let n = v.len() as f64;
-    let mean = v.iter().map(|x| x.to_f64()).sum::<f64>() / n;
-    let var = v.iter().map(|x| (x.to_f64() - mean).powi(2)).sum::<f64>() / n;
+    let mean = lane_sum(v, |x| x.to_f64()) / n;
+    let var = lane_sum(v, |x| (x.to_f64() - mean) * (x.to_f64() - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
+/// SiLU's derivative factor: d(z·σ(z))/dz = s·(1 + z(1 − s)), s = σ(z).
+#[inline(always)]
+fn silu_grad<T: Elem>(z: T) -> T {
+    let s = T::ONE / (T::ONE + (-z).exp());
+    s * (T::ONE + z * (T::ONE - s))
+}
+
+/// Runs `$body` (a per-group kernel call) compiled for AVX2+FMA when the CPU has them,
+/// else for the baseline target. The kernels and the helpers they inline (`exp_f32`,
+/// `lane_sum`) then vectorise 8 lanes wide instead of SSE2's 4; the arithmetic is the same
+/// (FMA contraction aside, which Rust does not apply implicitly).
+macro_rules! dispatch_simd {
+    ($kernel:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { avx2::$kernel($($arg),*) };
+            }
+        }
+        $kernel($($arg),*)
+    }};
+}
+
+/// One group's forward: statistics, then y = γ x̂ + β (and SiLU).
+#[inline(always)]
+fn forward_group<T: Elem>(
+    y_g: &mut [T],
+    x_g: &[T],
+    gamma: &[T],
+    beta: &[T],
+    g: usize,
+    hw: usize,
+    op: &GroupNormOp,
+) {
+    let cg = x_g.len() / hw;
+    let (mean, rstd) = group_stats(x_g, op.eps);
+    for ch in 0..cg {
+        let cc = g * cg + ch;
+        let scale = gamma[cc].to_f64() * rstd;
+        let shift = beta[cc].to_f64() - mean * scale;
+        let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
+        let (ys, xs) = (
+            &mut y_g[ch * hw..(ch + 1) * hw],
+            &x_g[ch * hw..(ch + 1) * hw],
+        );
+        if op.silu {
+            for (o, &v) in ys.iter_mut().zip(xs) {
+                let z = v * scale + shift;
+                *o = z / (T::ONE + (-z).exp());
+            }
+        } else {
+            for (o, &v) in ys.iter_mut().zip(xs) {
+                *o = v * scale + shift;
+            }
+        }
+    }
+}
+
+/// One group's backward (see [`backward`]); adds this group's dγ, dβ into `dparams`
+/// ([dγ (C) | dβ (C)]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_group<T: Elem>(
+    dx_g: &mut [T],
+    x_g: &[T],
+    dy_g: &[T],
+    gamma: &[T],
+    beta: &[T],
+    g: usize,
+    hw: usize,
+    op: &GroupNormOp,
+    dparams: &mut [f64],
+) {
+    let cg = x_g.len() / hw;
+    let c = gamma.len();
+    let (mean, rstd) = group_stats(x_g, op.eps);
+    let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
+    let (mut sum_d, mut sum_dx) = (0f64, 0f64);
+    for ch in 0..cg {
+        let cc = g * cg + ch;
+        let (gm, bt) = (gamma[cc], beta[cc]);
+        let range = ch * hw..(ch + 1) * hw;
+        // dz into dx_g for now (pass 2 turns it into dx).
+        let dz = &mut dx_g[range.clone()];
+        let (xs, dys) = (&x_g[range.clone()], &dy_g[range.clone()]);
+        if op.silu {
+            for ((d, &xv), &g_out) in dz.iter_mut().zip(xs).zip(dys) {
+                let z = gm * ((xv - mean_t) * rstd_t) + bt;
+                *d = g_out * silu_grad(z);
+            }
+        } else {
+            dz.copy_from_slice(dys);
+        }
+        let dbeta = lane_sum(dz, |v| v.to_f64());
+        let dgamma = lane_sum_pairs(dz, xs, |d, xv| d.to_f64() * ((xv.to_f64() - mean) * rstd));
+        dparams[cc] += dgamma;
+        dparams[c + cc] += dbeta;
+        sum_d += gm.to_f64() * dbeta;
+        sum_dx += gm.to_f64() * dgamma;
+    }
+    let m = (cg * hw) as f64;
+    let (mean_d, mean_dx) = (T::from_f64(sum_d / m), T::from_f64(sum_dx / m));
+    for ch in 0..cg {
+        let gm = gamma[g * cg + ch];
+        let range = ch * hw..(ch + 1) * hw;
+        for (d, &xv) in dx_g[range.clone()].iter_mut().zip(&x_g[range]) {
+            let xhat = (xv - mean_t) * rstd_t;
+            *d = rstd_t * (gm * *d - mean_d - xhat * mean_dx);
+        }
+    }
+}
+
+/// The per-group kernels compiled with AVX2 and FMA enabled (x86-64 only).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_group<T: Elem>(
+        y_g: &mut [T],
+        x_g: &[T],
+        gamma: &[T],
+        beta: &[T],
+        g: usize,
+        hw: usize,
+        op: &GroupNormOp,
+    ) {
+        super::forward_group(y_g, x_g, gamma, beta, g, hw, op)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn backward_group<T: Elem>(
+        dx_g: &mut [T],
+        x_g: &[T],
+        dy_g: &[T],
+        gamma: &[T],
+        beta: &[T],
+        g: usize,
+        hw: usize,
+        op: &GroupNormOp,
+        dparams: &mut [f64],
+    ) {
+        super::backward_group(dx_g, x_g, dy_g, gamma, beta, g, hw, op, dparams)
+    }
+}
+
+fn run_forward_group<T: Elem>(
+    y_g: &mut [T],
+    x_g: &[T],
+    gamma: &[T],
+    beta: &[T],
+    g: usize,
+    hw: usize,
+    op: &GroupNormOp,
+) {
+    dispatch_simd!(forward_group(y_g, x_g, gamma, beta, g, hw, op))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_backward_group<T: Elem>(
+    dx_g: &mut [T],
+    x_g: &[T],
+    dy_g: &[T],
+    gamma: &[T],
+    beta: &[T],
+    g: usize,
+    hw: usize,
+    op: &GroupNormOp,
+    dparams: &mut [f64],
+) {
+    dispatch_simd!(backward_group(
+        dx_g, x_g, dy_g, gamma, beta, g, hw, op, dparams
+    ))
 }
 
 fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &GroupNormOp) -> Vec<T> {
@@ -46,88 +238,72 @@ fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &Group
         .zip(x.par_chunks(cg * hw))
         .enumerate()
         .for_each(|(i, (y_g, x_g))| {
-            let g = i % op.groups;
-            let (mean, rstd) = group_stats(x_g, op.eps);
-            for ch in 0..cg {
-                let cc = g * cg + ch;
-                let scale = gamma[cc].to_f64() * rstd;
-                let shift = beta[cc].to_f64() - mean * scale;
-                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                for (o, &v) in y_g[ch * hw..(ch + 1) * hw]
-                    .iter_mut()
-                    .zip(&x_g[ch * hw..(ch + 1) * hw])
-                {
-                    let z = v * scale + shift;
-                    *o = if op.silu {
-                        z / (T::ONE + (-z).exp())
-                    } else {
-                        z
-                    };
-                }
-            }
+            run_forward_group(y_g, x_g, gamma, beta, i % op.groups, hw, op)
         });
     y
 }
 
 /// Returns [dx (same layout as x) | dγ (C) | dβ (C)] as one flat vector.
+///
+/// Per group, pass 1 forms dz (through the SiLU) elementwise and the per-channel sums
+/// dβ_c = Σ dz and dγ_c = Σ dz·x̂ (f64 lanes); the group means of dx̂ = γ dz and dx̂·x̂ follow
+/// from them (Σ dx̂ = Σ_c γ_c dβ_c, Σ dx̂·x̂ = Σ_c γ_c dγ_c). Pass 2 writes dx.
 fn backward<T: Elem>(x: &[T], dy: &[T], params: &[T], dims: &[usize], op: &GroupNormOp) -> Vec<T> {
-    let (n, c, hw) = (dims[0], dims[1], dims[2..].iter().product::<usize>());
+    let (c, hw) = (dims[1], dims[2..].iter().product::<usize>());
     let cg = c / op.groups;
     let (gamma, beta) = params.split_at(c);
-    let per_image: Vec<(Vec<T>, Vec<f64>)> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let mut dx = vec![T::ZERO; c * hw];
+    let mut out = vec![T::ZERO; x.len() + 2 * c];
+    let (dx_all, _) = out.split_at_mut(x.len());
+    // Each image writes its own dx block and returns its (dγ, dβ).
+    let dparams: Vec<Vec<f64>> = dx_all
+        .par_chunks_mut(c * hw)
+        .enumerate()
+        .map(|(i, dx)| {
             let mut dparams = vec![0f64; 2 * c]; // dγ then dβ
-            let mut dxhat = vec![0f64; cg * hw];
             for g in 0..op.groups {
                 let off = (i * c + g * cg) * hw;
-                let x_g = &x[off..off + cg * hw];
-                let dy_g = &dy[off..off + cg * hw];
-                let (mean, rstd) = group_stats(x_g, op.eps);
-                let (mut sum_dxhat, mut sum_dxhat_xhat) = (0f64, 0f64);
-                for ch in 0..cg {
-                    let cc = g * cg + ch;
-                    let (gm, bt) = (gamma[cc].to_f64(), beta[cc].to_f64());
-                    let (mut dgamma, mut dbeta) = (0f64, 0f64);
-                    for j in ch * hw..(ch + 1) * hw {
-                        let xhat = (x_g[j].to_f64() - mean) * rstd;
-                        let mut dz = dy_g[j].to_f64();
-                        if op.silu {
-                            let z = gm * xhat + bt;
-                            let s = sigmoid(z);
-                            dz *= s * (1.0 + z * (1.0 - s));
-                        }
-                        dbeta += dz;
-                        dgamma += dz * xhat;
-                        let d = dz * gm;
-                        dxhat[j] = d;
-                        sum_dxhat += d;
-                        sum_dxhat_xhat += d * xhat;
-                    }
-                    dparams[cc] += dgamma;
-                    dparams[c + cc] += dbeta;
-                }
-                let m = (cg * hw) as f64;
-                let (mean_d, mean_dx) = (sum_dxhat / m, sum_dxhat_xhat / m);
-                for j in 0..cg * hw {
-                    let xhat = (x_g[j].to_f64() - mean) * rstd;
-                    dx[g * cg * hw + j] = T::from_f64(rstd * (dxhat[j] - mean_d - xhat * mean_dx));
-                }
+                run_backward_group(
+                    &mut dx[g * cg * hw..(g + 1) * cg * hw],
+                    &x[off..off + cg * hw],
+                    &dy[off..off + cg * hw],
+                    gamma,
+                    beta,
+                    g,
+                    hw,
+                    op,
+                    &mut dparams,
+                );
             }
-            (dx, dparams)
+            dparams
         })
         .collect();
-    let mut out = Vec::with_capacity(x.len() + 2 * c);
-    let mut dparams = vec![0f64; 2 * c];
-    for (dx, dp) in &per_image {
-        out.extend_from_slice(dx);
-        for (t, v) in dparams.iter_mut().zip(dp) {
+    let mut total = vec![0f64; 2 * c];
+    for dp in &dparams {
+        for (t, v) in total.iter_mut().zip(dp) {
             *t += v;
         }
     }
-    out.extend(dparams.iter().map(|&v| T::from_f64(v)));
+    for (o, v) in out[x.len()..].iter_mut().zip(&total) {
+        *o = T::from_f64(*v);
+    }
     out
+}
+
+/// Σ f(a_i, b_i) in f64, in LANES partial sums.
+#[inline(always)]
+fn lane_sum_pairs<T: Elem>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let n = a.len().min(b.len());
+    let full = n / LANES * LANES;
+    for (ca, cb) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += f(ca[l], cb[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + (full..n).map(|i| f(a[i], b[i])).sum::<f64>()
 }
 
 impl GroupNormOp {

@@ -7,6 +7,8 @@
 //! parallel loops. On any other device, or dtype, they fall back to plain candle ops, so
 //! networks can call them unconditionally.
 
+pub mod alloc;
+mod attention;
 mod conv;
 pub mod device;
 mod elem;
@@ -15,6 +17,10 @@ mod group_norm;
 mod group_norm_cuda;
 mod storage;
 
+pub use alloc::keep_freed_memory;
+pub use attention::{
+    attention, downsample2x_box, softmax_last, upsample2x_nearest, upsample2x_nearest_reference,
+};
 pub use conv::{conv2d, conv2d_reference};
 pub use device::{open_device, parse_device_name, DeviceError};
 pub use group_norm::{group_norm, group_norm_reference};

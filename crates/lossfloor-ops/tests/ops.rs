@@ -216,3 +216,80 @@ fn bad_shapes_are_errors_not_panics() {
         .to_string()
         .contains("groups"));
 }
+
+/// softmax(qᵀk/√C)·v by plain loops in f64, `[B, C, L]` layout.
+fn attention_brute_force(q: &Tensor, k: &Tensor, v: &Tensor) -> Vec<f64> {
+    let (b, c, l) = q.dims3().unwrap();
+    let get = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (q, k, v) = (get(q), get(k), get(v));
+    let at = |t: &[f64], bb: usize, cc: usize, i: usize| t[(bb * c + cc) * l + i];
+    let mut out = vec![0f64; b * c * l];
+    for bb in 0..b {
+        for i in 0..l {
+            let logits: Vec<f64> = (0..l)
+                .map(|j| {
+                    (0..c)
+                        .map(|cc| at(&q, bb, cc, i) * at(&k, bb, cc, j))
+                        .sum::<f64>()
+                        / (c as f64).sqrt()
+                })
+                .collect();
+            let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = logits.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for cc in 0..c {
+                out[(bb * c + cc) * l + i] =
+                    (0..l).map(|j| e[j] / z * at(&v, bb, cc, j)).sum::<f64>();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_brute_force_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &(b, c, l) in &[(2, 3, 5), (1, 8, 7), (3, 4, 1)] {
+        let inputs: Vec<Tensor> = (0..3)
+            .map(|_| (random(&[b, c, l], &mut rng, DType::F64) * 2.0).unwrap())
+            .collect();
+        let ours = |t: &[Tensor]| attention(&t[0], &t[1], &t[2]).unwrap();
+        let (y, g) = value_and_grads(&ours, &inputs, 8);
+        let want = attention_brute_force(&inputs[0], &inputs[1], &inputs[2]);
+        let want = Tensor::from_vec(want, (b, c, l), &Device::Cpu).unwrap();
+        assert!(max_rel_diff(&y, &want) < 1e-12, "forward {b}x{c}x{l}");
+        check_finite_differences(&ours, &inputs, &g, 8);
+        let f32_inputs: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.to_dtype(DType::F32).unwrap())
+            .collect();
+        let (y32, g32) = value_and_grads(&ours, &f32_inputs, 8);
+        assert!(max_rel_diff(&y32, &want) < 1e-5, "f32 forward {b}x{c}x{l}");
+        for (a, b64) in g32.iter().zip(&g) {
+            assert!(max_rel_diff(a, b64) < 1e-4, "f32 gradient {b}x{c}x{l}");
+        }
+    }
+}
+
+#[test]
+fn upsample2x_matches_broadcast_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &(n, c, h, w) in &[(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 3, 2)] {
+        let x = random(&[n, c, h, w], &mut rng, DType::F64);
+        let ours = |t: &[Tensor]| upsample2x_nearest(&t[0]).unwrap();
+        let reference = |t: &[Tensor]| upsample2x_nearest_reference(&t[0]).unwrap();
+        let inputs = [x];
+        let (y1, g1) = value_and_grads(&ours, &inputs, 10);
+        let (y2, g2) = value_and_grads(&reference, &inputs, 10);
+        // copies and 4-term sums: exact up to the order of the 4 additions
+        assert_eq!(max_rel_diff(&y1, &y2), 0.0, "forward {n}x{c}x{h}x{w}");
+        assert!(
+            max_rel_diff(&g1[0], &g2[0]) < 1e-15,
+            "gradient {n}x{c}x{h}x{w}"
+        );
+        check_finite_differences(&ours, &inputs, &g1, 10);
+        let x32 = [inputs[0].to_dtype(DType::F32).unwrap()];
+        let (y3, _) = value_and_grads(&ours, &x32, 10);
+        assert!(max_rel_diff(&y3, &y2) < 1e-7);
+    }
+}

@@ -6,7 +6,8 @@
 //! our Adam. Sampling is EDM's deterministic Heun sampler, 18 steps = 35 network evaluations.
 //!
 //! Usage: cargo bench -p lossfloor-train --bench step -- [--device cuda] [--batch 128]
-//!        [--repeats 5] [--sample-batch 256] [--sample-repeats 2] [--no-sync-phases]
+//!        [--repeats 5] [--sample-batch 256 (0: no sampling)] [--sample-repeats 2]
+//!        [--no-sync-phases]
 //!        cargo bench -p lossfloor-train --bench step -- --device cuda --probe BATCH
 //! (`--probe`: device memory after an inference forward, a tracked forward and its backward,
 //! and the time of one 256→256 3×3 convolution each way through candle's kernels.)
@@ -219,6 +220,8 @@ fn probe(device: &Device, batch: usize) {
 }
 
 fn main() {
+    // As the lossfloor binary does (lossfloor_ops::alloc).
+    lossfloor_ops::keep_freed_memory();
     let device = lossfloor_ops::open_device(&arg("--device", "cpu")).expect("device opens");
     if let Ok(b) = arg("--probe", "").parse::<usize>() {
         probe(&device, b);
@@ -280,7 +283,12 @@ fn main() {
         sync(&out);
         Ok(())
     };
-    let sample_s = run_sampler().and_then(|_| {
+    let sample_s = if sample_batch == 0 {
+        Err(anyhow::anyhow!("skipped (--sample-batch 0)"))
+    } else {
+        run_sampler()
+    }
+    .and_then(|_| {
         let mut times = Vec::new();
         for _ in 0..sample_repeats {
             let t = Instant::now();
@@ -291,6 +299,7 @@ fn main() {
     });
     let (sample_s, sample_img_s) = match sample_s {
         Ok(t) => (format!("{t:.3}"), format!("{:.2}", sample_batch as f64 / t)),
+        Err(_) if sample_batch == 0 => ("null".into(), "null".into()),
         Err(e) => {
             eprintln!("bench-step: sampling at batch {sample_batch} failed: {e}");
             ("null".into(), "null".into())

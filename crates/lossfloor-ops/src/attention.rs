@@ -1,0 +1,102 @@
+//! Self-attention and 2× resampling as the U-Nets use them, in one place so that the
+//! networks and the benchmarks (`scripts/bench-ops`) run the same code.
+//!
+//! They are compositions of candle ops with working backward passes (candle's
+//! `softmax_last_dim` and `upsample_nearest2d` are avoided: the first stops gradients, the
+//! second's backward overwrites gradients already accumulated for its input).
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::storage::{contiguous, FromStorage};
+
+/// Single-head dot-product attention in EDM's channel-first layout: q, k, v `[B, C, L]` →
+/// a[b, c, i] = Σ_j w[b, i, j] v[b, c, j] with w[b, i, ·] = softmax_j(Σ_c q[b,c,i] k[b,c,j] / √C).
+/// (Several heads are B = N·heads.)
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let c = q.dim(1)?;
+    let k = (k / (c as f64).sqrt())?;
+    // logits[b, i, j] = Σ_c q[b,c,i] k[b,c,j]
+    let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
+    let w = softmax_last(&logits)?;
+    v.contiguous()?.matmul(&w.transpose(1, 2)?.contiguous()?)
+}
+
+/// Softmax over the last dimension, exp(x − max) / Σ exp(x − max). The max is a constant
+/// shift (detached: the softmax does not depend on it, so no gradient flows through it).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Nearest-neighbour 2× upsampling of `[N, C, H, W]`: each pixel becomes a 2×2 block. Its
+/// gradient sums each 2×2 block of the incoming gradient (4 × 2×2 average pooling). On the
+/// CPU (f32/f64) one parallel pass each way; elsewhere reshape + broadcast.
+pub fn upsample2x_nearest(x: &Tensor) -> Result<Tensor> {
+    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
+    if fused {
+        x.contiguous()?.apply_op1(Up2x)
+    } else {
+        upsample2x_nearest_reference(x)
+    }
+}
+
+/// [`upsample2x_nearest`] by reshape and broadcast (any device; its backward is candle's sum
+/// over the broadcast axes).
+pub fn upsample2x_nearest_reference(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, 2, w, 2))?
+        .reshape((n, c, 2 * h, 2 * w))
+}
+
+struct Up2x;
+
+fn up2x<T: Copy + Send + Sync + Default>(x: &[T], w: usize) -> Vec<T> {
+    let mut y = vec![T::default(); x.len() * 4];
+    // One input row (w values) → two output rows of 2w values.
+    y.par_chunks_mut(4 * w)
+        .zip(x.par_chunks(w))
+        .for_each(|(out, row)| {
+            let (top, bottom) = out.split_at_mut(2 * w);
+            for (j, &v) in row.iter().enumerate() {
+                top[2 * j] = v;
+                top[2 * j + 1] = v;
+            }
+            bottom.copy_from_slice(top);
+        });
+    y
+}
+
+impl CustomOp1 for Up2x {
+    fn name(&self) -> &'static str {
+        "lossfloor-upsample2x-nearest"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let shape = Shape::from((n, c, 2 * h, 2 * w));
+        Ok(match s {
+            CpuStorage::F32(_) => (
+                f32::wrap(up2x(contiguous::<f32>(s, l, self.name())?, w)),
+                shape,
+            ),
+            CpuStorage::F64(_) => (
+                f64::wrap(up2x(contiguous::<f64>(s, l, self.name())?, w)),
+                shape,
+            ),
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((dy.avg_pool2d(2)? * 4.0)?))
+    }
+}
+
+/// 2×2 average pooling at stride 2 of `[N, C, H, W]` (EDM's down-sampling with the [1, 1]
+/// filter).
+pub fn downsample2x_box(x: &Tensor) -> Result<Tensor> {
+    x.avg_pool2d(2)
+}
