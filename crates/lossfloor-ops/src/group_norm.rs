@@ -60,10 +60,24 @@ fn silu_grad<T: Elem>(z: T) -> T {
     s * (T::ONE + z * (T::ONE - s))
 }
 
-/// Runs `$body` (a per-group kernel call) compiled for AVX2+FMA when the CPU has them,
-/// else for the baseline target. The kernels and the helpers they inline (`exp_f32`,
-/// `lane_sum`) then vectorise 8 lanes wide instead of SSE2's 4; the arithmetic is the same
-/// (FMA contraction aside, which Rust does not apply implicitly).
+/// One group of one image: its input values and what the kernels need besides.
+struct Group<'a, T> {
+    /// The group's `cg·hw` input values, channel after channel.
+    x: &'a [T],
+    /// γ and β of all C channels.
+    gamma: &'a [T],
+    beta: &'a [T],
+    /// Index of the group (its channels are g·cg .. (g+1)·cg).
+    g: usize,
+    /// Pixels per channel.
+    hw: usize,
+    op: &'a GroupNormOp,
+}
+
+/// Calls `$kernel(args)` compiled for AVX2+FMA when the CPU has them, else for the baseline
+/// target. The kernels and the helpers they inline (`exp_f32`, `lane_sum`) then vectorise 8
+/// lanes wide instead of SSE2's 4; the arithmetic is the same (Rust contracts no a·b + c
+/// into an FMA on its own), so both paths give the same bits.
 macro_rules! dispatch_simd {
     ($kernel:ident($($arg:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
@@ -77,23 +91,16 @@ macro_rules! dispatch_simd {
     }};
 }
 
-/// One group's forward: statistics, then y = γ x̂ + β (and SiLU).
+/// One group's forward: statistics, then y = γ x̂ + β (and SiLU) into `y_g`.
 #[inline(always)]
-fn forward_group<T: Elem>(
-    y_g: &mut [T],
-    x_g: &[T],
-    gamma: &[T],
-    beta: &[T],
-    g: usize,
-    hw: usize,
-    op: &GroupNormOp,
-) {
+fn forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
+    let (x_g, hw, op) = (gr.x, gr.hw, gr.op);
     let cg = x_g.len() / hw;
     let (mean, rstd) = group_stats(x_g, op.eps);
     for ch in 0..cg {
-        let cc = g * cg + ch;
-        let scale = gamma[cc].to_f64() * rstd;
-        let shift = beta[cc].to_f64() - mean * scale;
+        let cc = gr.g * cg + ch;
+        let scale = gr.gamma[cc].to_f64() * rstd;
+        let shift = gr.beta[cc].to_f64() - mean * scale;
         let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
         let (ys, xs) = (
             &mut y_g[ch * hw..(ch + 1) * hw],
@@ -112,29 +119,19 @@ fn forward_group<T: Elem>(
     }
 }
 
-/// One group's backward (see [`backward`]); adds this group's dγ, dβ into `dparams`
-/// ([dγ (C) | dβ (C)]).
+/// One group's backward (see [`backward`]) from its output gradient `dy_g` into `dx_g`;
+/// adds the group's dγ, dβ into `dparams` ([dγ (C) | dβ (C)]).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_group<T: Elem>(
-    dx_g: &mut [T],
-    x_g: &[T],
-    dy_g: &[T],
-    gamma: &[T],
-    beta: &[T],
-    g: usize,
-    hw: usize,
-    op: &GroupNormOp,
-    dparams: &mut [f64],
-) {
+fn backward_group<T: Elem>(dx_g: &mut [T], dy_g: &[T], gr: &Group<T>, dparams: &mut [f64]) {
+    let (x_g, hw, op, g) = (gr.x, gr.hw, gr.op, gr.g);
     let cg = x_g.len() / hw;
-    let c = gamma.len();
+    let c = gr.gamma.len();
     let (mean, rstd) = group_stats(x_g, op.eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     let (mut sum_d, mut sum_dx) = (0f64, 0f64);
     for ch in 0..cg {
         let cc = g * cg + ch;
-        let (gm, bt) = (gamma[cc], beta[cc]);
+        let (gm, bt) = (gr.gamma[cc], gr.beta[cc]);
         let range = ch * hw..(ch + 1) * hw;
         // dz into dx_g for now (pass 2 turns it into dx).
         let dz = &mut dx_g[range.clone()];
@@ -157,7 +154,7 @@ fn backward_group<T: Elem>(
     let m = (cg * hw) as f64;
     let (mean_d, mean_dx) = (T::from_f64(sum_d / m), T::from_f64(sum_dx / m));
     for ch in 0..cg {
-        let gm = gamma[g * cg + ch];
+        let gm = gr.gamma[g * cg + ch];
         let range = ch * hw..(ch + 1) * hw;
         for (d, &xv) in dx_g[range.clone()].iter_mut().zip(&x_g[range]) {
             let xhat = (xv - mean_t) * rstd_t;
@@ -169,65 +166,30 @@ fn backward_group<T: Elem>(
 /// The per-group kernels compiled with AVX2 and FMA enabled (x86-64 only).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::*;
+    use super::{Elem, Group};
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward_group<T: Elem>(
-        y_g: &mut [T],
-        x_g: &[T],
-        gamma: &[T],
-        beta: &[T],
-        g: usize,
-        hw: usize,
-        op: &GroupNormOp,
-    ) {
-        super::forward_group(y_g, x_g, gamma, beta, g, hw, op)
+    pub(super) unsafe fn forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
+        super::forward_group(y_g, gr)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn backward_group<T: Elem>(
         dx_g: &mut [T],
-        x_g: &[T],
         dy_g: &[T],
-        gamma: &[T],
-        beta: &[T],
-        g: usize,
-        hw: usize,
-        op: &GroupNormOp,
+        gr: &Group<T>,
         dparams: &mut [f64],
     ) {
-        super::backward_group(dx_g, x_g, dy_g, gamma, beta, g, hw, op, dparams)
+        super::backward_group(dx_g, dy_g, gr, dparams)
     }
 }
 
-fn run_forward_group<T: Elem>(
-    y_g: &mut [T],
-    x_g: &[T],
-    gamma: &[T],
-    beta: &[T],
-    g: usize,
-    hw: usize,
-    op: &GroupNormOp,
-) {
-    dispatch_simd!(forward_group(y_g, x_g, gamma, beta, g, hw, op))
+fn run_forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
+    dispatch_simd!(forward_group(y_g, gr))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_backward_group<T: Elem>(
-    dx_g: &mut [T],
-    x_g: &[T],
-    dy_g: &[T],
-    gamma: &[T],
-    beta: &[T],
-    g: usize,
-    hw: usize,
-    op: &GroupNormOp,
-    dparams: &mut [f64],
-) {
-    dispatch_simd!(backward_group(
-        dx_g, x_g, dy_g, gamma, beta, g, hw, op, dparams
-    ))
+fn run_backward_group<T: Elem>(dx_g: &mut [T], dy_g: &[T], gr: &Group<T>, dparams: &mut [f64]) {
+    dispatch_simd!(backward_group(dx_g, dy_g, gr, dparams))
 }
 
 fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &GroupNormOp) -> Vec<T> {
@@ -238,7 +200,15 @@ fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &Group
         .zip(x.par_chunks(cg * hw))
         .enumerate()
         .for_each(|(i, (y_g, x_g))| {
-            run_forward_group(y_g, x_g, gamma, beta, i % op.groups, hw, op)
+            let gr = Group {
+                x: x_g,
+                gamma,
+                beta,
+                g: i % op.groups,
+                hw,
+                op,
+            };
+            run_forward_group(y_g, &gr)
         });
     y
 }
@@ -262,15 +232,18 @@ fn backward<T: Elem>(x: &[T], dy: &[T], params: &[T], dims: &[usize], op: &Group
             let mut dparams = vec![0f64; 2 * c]; // dγ then dβ
             for g in 0..op.groups {
                 let off = (i * c + g * cg) * hw;
-                run_backward_group(
-                    &mut dx[g * cg * hw..(g + 1) * cg * hw],
-                    &x[off..off + cg * hw],
-                    &dy[off..off + cg * hw],
+                let gr = Group {
+                    x: &x[off..off + cg * hw],
                     gamma,
                     beta,
                     g,
                     hw,
                     op,
+                };
+                run_backward_group(
+                    &mut dx[g * cg * hw..(g + 1) * cg * hw],
+                    &dy[off..off + cg * hw],
+                    &gr,
                     &mut dparams,
                 );
             }

@@ -20,14 +20,11 @@ fn write_npy(path: &Path, n: usize) {
     std::fs::write(path, bytes).unwrap();
 }
 
-#[test]
-fn run_train_end_to_end_with_overrides_and_resume() {
-    let dir = tempfile::tempdir().unwrap();
-    let npy = dir.path().join("tiny.npy");
-    write_npy(&npy, 12);
-    let cfg = dir.path().join("tiny.toml");
-    std::fs::write(
-        &cfg,
+/// Writes `dir/name`: a tiny SongUNet on 8×8 single-channel images (data given later with
+/// `--set data.spec=…`), followed by `rest` (more sections).
+fn write_config(dir: &Path, name: &str, rest: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = format!(
         r#"
 [data]
 spec = "npy:PLACEHOLDER"
@@ -40,14 +37,27 @@ model_channels = 8
 channel_mult = [1, 2]
 num_blocks = 1
 attn_resolutions = []
-dropout = 0.1
+{rest}"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn run_train_end_to_end_with_overrides_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("tiny.npy");
+    write_npy(&npy, 12);
+    let cfg = write_config(
+        dir.path(),
+        "tiny.toml",
+        r#"dropout = 0.1
 [train]
 batch = 4
 duration_kimg = 0.008
 tick_kimg = 0.004
 "#,
-    )
-    .unwrap();
+    );
     let run_dir = dir.path().join("run");
     let args = |duration: &str, resume: Option<&str>| TrainArgs {
         config: cfg.clone(),
@@ -87,22 +97,10 @@ fn curve_estimated_at_start_drives_the_schedule_and_is_reused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("tiny.npy");
     write_npy(&npy, 12);
-    let cfg = dir.path().join("est.toml");
-    std::fs::write(
-        &cfg,
-        r#"
-[data]
-spec = "npy:PLACEHOLDER"
-[network]
-arch = "songunet"
-img_resolution = 8
-in_channels = 1
-out_channels = 1
-model_channels = 8
-channel_mult = [1, 2]
-num_blocks = 1
-attn_resolutions = []
-[schedule]
+    let cfg = write_config(
+        dir.path(),
+        "est.toml",
+        r#"[schedule]
 kind = "optimal-loss"
 refresh_kimg = 0.004
 bins = 32
@@ -114,8 +112,7 @@ queries = 24
 points = 9
 seed = 5
 "#,
-    )
-    .unwrap();
+    );
     let run_dir = dir.path().join("run");
     let args = |duration: &str, resume: Option<&str>| TrainArgs {
         config: cfg.clone(),
@@ -176,29 +173,16 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_state() {
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("tiny.npy");
     write_npy(&npy, 12);
-    let cfg = dir.path().join("blowup.toml");
-    std::fs::write(
-        &cfg,
-        r#"
-[data]
-spec = "npy:PLACEHOLDER"
-[network]
-arch = "songunet"
-img_resolution = 8
-in_channels = 1
-out_channels = 1
-model_channels = 8
-channel_mult = [1, 2]
-num_blocks = 1
-attn_resolutions = []
-[train]
+    let cfg = write_config(
+        dir.path(),
+        "blowup.toml",
+        r#"[train]
 batch = 4
 tick_kimg = 0.004
 state_ticks = 1
 duration_kimg = 0.04
 "#,
-    )
-    .unwrap();
+    );
     let run_dir = dir.path().join("run");
     let args = |lr: &str, resume: Option<&str>| TrainArgs {
         config: cfg.clone(),
