@@ -542,14 +542,6 @@ impl UNetBlock {
         })
     }
 
-    fn scaled(&self, x: Tensor) -> Result<Tensor> {
-        Ok(if self.skip_scale == 1.0 {
-            x
-        } else {
-            (x * self.skip_scale)?
-        })
-    }
-
     /// `drop`: the network's dropout source in training, `None` in evaluation.
     pub(crate) fn forward(
         &self,
@@ -580,7 +572,7 @@ impl UNetBlock {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        h = self.scaled((h + skip)?)?;
+        h = lossfloor_ops::add_scaled(&h, &skip, self.skip_scale)?;
 
         if let Some(attn) = &self.attn {
             // The qkv channels are laid out as (head, c_head, 3).
@@ -594,7 +586,7 @@ impl UNetBlock {
             let k = qkv.narrow(2, 1, 1)?.squeeze(2)?;
             let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
             let a = lossfloor_ops::attention(&q, &k, &v)?.reshape((n, c, hh, ww))?;
-            h = self.scaled((attn.proj.forward(&a)? + h)?)?;
+            h = lossfloor_ops::add_scaled(&attn.proj.forward(&a)?, &h, self.skip_scale)?;
         }
         Ok(h)
     }

@@ -1,4 +1,4 @@
-//! Self-attention and 2× resampling as the U-Nets use them, in one place so that the
+//! Self-attention, 2× resampling and the residual sum as the U-Nets use them, in one place so that the
 //! networks and the benchmarks (`scripts/bench-ops`) run the same code.
 //!
 //! They are compositions of candle ops with working backward passes (candle's
@@ -99,4 +99,79 @@ impl CustomOp1 for Up2x {
 /// filter).
 pub fn downsample2x_box(x: &Tensor) -> Result<Tensor> {
     x.avg_pool2d(2)
+}
+
+/// (a + b)·s for two tensors of the same shape: a U-Net block's residual sum times its skip
+/// scale. On the CPU (f32/f64) one op, so training keeps only a and b for it; composed,
+/// candle would also keep a + b until the backward pass ends. Both gradients are g·s.
+pub fn add_scaled(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
+    let fused = a.device().is_cpu()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+        && a.dtype() == b.dtype()
+        && a.dims() == b.dims();
+    if fused {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddScaled(s))
+    } else if s == 1.0 {
+        a + b
+    } else {
+        (a + b)? * s
+    }
+}
+
+struct AddScaled(f64);
+
+impl candle_core::CustomOp2 for AddScaled {
+    fn name(&self) -> &'static str {
+        "lossfloor-add-scaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: FromStorage>(
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s: f64,
+        ) -> Result<CpuStorage> {
+            let a = contiguous::<T>(s1, l1, "add_scaled")?;
+            let b = contiguous::<T>(s2, l2, "add_scaled")?;
+            let s = T::from_f64(s);
+            let mut out = vec![T::ZERO; a.len()];
+            out.par_chunks_mut(1 << 16)
+                .zip(a.par_chunks(1 << 16).zip(b.par_chunks(1 << 16)))
+                .for_each(|(o, (a, b))| {
+                    for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+                        *o = (x + y) * s;
+                    }
+                });
+            Ok(T::wrap(out))
+        }
+        let out = match s1 {
+            CpuStorage::F32(_) => run::<f32>(s1, l1, s2, l2, self.0)?,
+            CpuStorage::F64(_) => run::<f64>(s1, l1, s2, l2, self.0)?,
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = if self.0 == 1.0 {
+            dy.clone()
+        } else {
+            (dy * self.0)?
+        };
+        Ok((Some(g.clone()), Some(g)))
+    }
 }

@@ -19,7 +19,8 @@ mod storage;
 
 pub use alloc::keep_freed_memory;
 pub use attention::{
-    attention, downsample2x_box, softmax_last, upsample2x_nearest, upsample2x_nearest_reference,
+    add_scaled, attention, downsample2x_box, softmax_last, upsample2x_nearest,
+    upsample2x_nearest_reference,
 };
 pub use conv::{conv2d, conv2d_reference};
 pub use device::{open_device, parse_device_name, DeviceError};

@@ -293,3 +293,23 @@ fn upsample2x_matches_broadcast_and_finite_differences() {
         assert!(max_rel_diff(&y3, &y2) < 1e-7);
     }
 }
+
+#[test]
+fn add_scaled_matches_composition_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for s in [1.0, std::f64::consts::FRAC_1_SQRT_2] {
+        let inputs = [
+            random(&[2, 3, 4, 5], &mut rng, DType::F64),
+            random(&[2, 3, 4, 5], &mut rng, DType::F64),
+        ];
+        let ours = |t: &[Tensor]| add_scaled(&t[0], &t[1], s).unwrap();
+        let composed = |t: &[Tensor]| ((&t[0] + &t[1]).unwrap() * s).unwrap();
+        let (y1, g1) = value_and_grads(&ours, &inputs, 13);
+        let (y2, g2) = value_and_grads(&composed, &inputs, 13);
+        assert!(max_rel_diff(&y1, &y2) < 1e-15);
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!(max_rel_diff(a, b) < 1e-15);
+        }
+        check_finite_differences(&ours, &inputs, &g1, 13);
+    }
+}
