@@ -158,6 +158,20 @@ impl GroupNorm {
         )?)
     }
 
+    /// `silu(GroupNorm(x + shift))` with a per-image, per-channel `shift` [N, C], in one op
+    /// that never forms x + shift.
+    pub(crate) fn forward_silu_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        Ok(lossfloor_ops::group_norm_shifted(
+            x,
+            shift,
+            self.groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            true,
+        )?)
+    }
+
     /// `silu(GroupNorm(x))` in one fused op.
     pub(crate) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         Ok(lossfloor_ops::group_norm(
@@ -550,9 +564,10 @@ impl UNetBlock {
         drop: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let mut h = self.conv0.forward(&self.norm0.forward_silu(x)?)?;
-        let params = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
+        let params = self.affine.forward(emb)?;
         h = if self.adaptive_scale {
             // silu(shift + norm1(h) * (scale + 1)), scale first and shift second.
+            let params = params.unsqueeze(2)?.unsqueeze(3)?;
             let c = h.dim(1)?;
             let scale = (params.narrow(1, 0, c)? + 1.0)?;
             let shift = params.narrow(1, c, c)?;
@@ -562,7 +577,8 @@ impl UNetBlock {
                 .broadcast_add(&shift)?
                 .silu()?
         } else {
-            self.norm1.forward_silu(&h.broadcast_add(&params)?)?
+            // silu(norm1(h + params)), without keeping h + params alive for the backward pass
+            self.norm1.forward_silu_shifted(&h, &params)?
         };
         if let Some(rng) = drop {
             h = rng.dropout(&h, self.dropout)?;

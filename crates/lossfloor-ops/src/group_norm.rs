@@ -24,6 +24,8 @@ struct GroupNormOp {
     eps: f64,
     silu: bool,
     backward: bool,
+    /// Forward inputs are (x, [γ|β], shift [N, C]) instead of (x, γ, β).
+    shifted: bool,
 }
 
 /// Lanes of the f64 accumulators: independent partial sums break the add-latency chain
@@ -72,6 +74,41 @@ struct Group<'a, T> {
     /// Pixels per channel.
     hw: usize,
     op: &'a GroupNormOp,
+    /// A per-channel value added to x before normalising (this image's C values), for
+    /// GroupNorm(x + shift) without materialising x + shift.
+    shift: Option<&'a [T]>,
+}
+
+impl<T: Elem> Group<'_, T> {
+    /// The shift of channel `ch` of this group (0 without a shift).
+    #[inline(always)]
+    fn shift_of(&self, ch: usize) -> f64 {
+        let cg = self.x.len() / self.hw;
+        self.shift.map_or(0.0, |s| s[self.g * cg + ch].to_f64())
+    }
+
+    /// Mean and 1/√(var + ε) of the group's values x + shift.
+    #[inline(always)]
+    fn stats(&self) -> (f64, f64) {
+        if self.shift.is_none() {
+            return group_stats(self.x, self.op.eps);
+        }
+        let (hw, cg) = (self.hw, self.x.len() / self.hw);
+        let m = self.x.len() as f64;
+        let chan = |ch: usize| &self.x[ch * hw..(ch + 1) * hw];
+        let mean = (0..cg)
+            .map(|ch| lane_sum(chan(ch), |x| x.to_f64()) + hw as f64 * self.shift_of(ch))
+            .sum::<f64>()
+            / m;
+        let var = (0..cg)
+            .map(|ch| {
+                let c = self.shift_of(ch) - mean;
+                lane_sum(chan(ch), |x| (x.to_f64() + c) * (x.to_f64() + c))
+            })
+            .sum::<f64>()
+            / m;
+        (mean, 1.0 / (var + self.op.eps).sqrt())
+    }
 }
 
 /// Calls `$kernel(args)` compiled for AVX2+FMA when the CPU has them, else for the baseline
@@ -96,11 +133,13 @@ macro_rules! dispatch_simd {
 fn forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
     let (x_g, hw, op) = (gr.x, gr.hw, gr.op);
     let cg = x_g.len() / hw;
-    let (mean, rstd) = group_stats(x_g, op.eps);
+    let (mean, rstd) = gr.stats();
     for ch in 0..cg {
         let cc = gr.g * cg + ch;
+        // (x + s_c − mean)·γ·rstd + β = x·scale + (β − (mean − s_c)·scale)
+        let mean_c = mean - gr.shift_of(ch);
         let scale = gr.gamma[cc].to_f64() * rstd;
-        let shift = gr.beta[cc].to_f64() - mean * scale;
+        let shift = gr.beta[cc].to_f64() - mean_c * scale;
         let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
         let (ys, xs) = (
             &mut y_g[ch * hw..(ch + 1) * hw],
@@ -122,15 +161,24 @@ fn forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
 /// One group's backward (see [`backward`]) from its output gradient `dy_g` into `dx_g`;
 /// adds the group's dγ, dβ into `dparams` ([dγ (C) | dβ (C)]).
 #[inline(always)]
-fn backward_group<T: Elem>(dx_g: &mut [T], dy_g: &[T], gr: &Group<T>, dparams: &mut [f64]) {
+fn backward_group<T: Elem>(
+    dx_g: &mut [T],
+    dy_g: &[T],
+    gr: &Group<T>,
+    dparams: &mut [f64],
+    dshift: &mut [f64],
+) {
     let (x_g, hw, op, g) = (gr.x, gr.hw, gr.op, gr.g);
     let cg = x_g.len() / hw;
     let c = gr.gamma.len();
-    let (mean, rstd) = group_stats(x_g, op.eps);
-    let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
+    let (mean_g, rstd) = gr.stats();
+    let rstd_t = T::from_f64(rstd);
     let (mut sum_d, mut sum_dx) = (0f64, 0f64);
     for ch in 0..cg {
         let cc = g * cg + ch;
+        // x̂ = (x − mean_c)·rstd with mean_c = mean − s_c
+        let mean = mean_g - gr.shift_of(ch);
+        let mean_t = T::from_f64(mean);
         let (gm, bt) = (gr.gamma[cc], gr.beta[cc]);
         let range = ch * hw..(ch + 1) * hw;
         // dz into dx_g for now (pass 2 turns it into dx).
@@ -155,10 +203,16 @@ fn backward_group<T: Elem>(dx_g: &mut [T], dy_g: &[T], gr: &Group<T>, dparams: &
     let (mean_d, mean_dx) = (T::from_f64(sum_d / m), T::from_f64(sum_dx / m));
     for ch in 0..cg {
         let gm = gr.gamma[g * cg + ch];
+        let mean_t = T::from_f64(mean_g - gr.shift_of(ch));
         let range = ch * hw..(ch + 1) * hw;
-        for (d, &xv) in dx_g[range.clone()].iter_mut().zip(&x_g[range]) {
+        let dx_c = &mut dx_g[range.clone()];
+        for (d, &xv) in dx_c.iter_mut().zip(&x_g[range]) {
             let xhat = (xv - mean_t) * rstd_t;
             *d = rstd_t * (gm * *d - mean_d - xhat * mean_dx);
+        }
+        // d(x + s)/ds_c = 1: the shift's gradient is the channel's summed dx.
+        if gr.shift.is_some() {
+            dshift[g * cg + ch] += lane_sum(dx_c, |v| v.to_f64());
         }
     }
 }
@@ -179,8 +233,9 @@ mod avx2 {
         dy_g: &[T],
         gr: &Group<T>,
         dparams: &mut [f64],
+        dshift: &mut [f64],
     ) {
-        super::backward_group(dx_g, dy_g, gr, dparams)
+        super::backward_group(dx_g, dy_g, gr, dparams, dshift)
     }
 }
 
@@ -188,11 +243,25 @@ fn run_forward_group<T: Elem>(y_g: &mut [T], gr: &Group<T>) {
     dispatch_simd!(forward_group(y_g, gr))
 }
 
-fn run_backward_group<T: Elem>(dx_g: &mut [T], dy_g: &[T], gr: &Group<T>, dparams: &mut [f64]) {
-    dispatch_simd!(backward_group(dx_g, dy_g, gr, dparams))
+fn run_backward_group<T: Elem>(
+    dx_g: &mut [T],
+    dy_g: &[T],
+    gr: &Group<T>,
+    dparams: &mut [f64],
+    dshift: &mut [f64],
+) {
+    dispatch_simd!(backward_group(dx_g, dy_g, gr, dparams, dshift))
 }
 
-fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &GroupNormOp) -> Vec<T> {
+/// y = GroupNorm(x + shift) (shift: [N, C] values, or none), optionally with SiLU.
+fn forward<T: Elem>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    shift: Option<&[T]>,
+    dims: &[usize],
+    op: &GroupNormOp,
+) -> Vec<T> {
     let (c, hw) = (dims[1], dims[2..].iter().product::<usize>());
     let cg = c / op.groups;
     let mut y = vec![T::ZERO; x.len()];
@@ -200,6 +269,7 @@ fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &Group
         .zip(x.par_chunks(cg * hw))
         .enumerate()
         .for_each(|(i, (y_g, x_g))| {
+            let n = i / op.groups;
             let gr = Group {
                 x: x_g,
                 gamma,
@@ -207,13 +277,15 @@ fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &Group
                 g: i % op.groups,
                 hw,
                 op,
+                shift: shift.map(|s| &s[n * c..(n + 1) * c]),
             };
             run_forward_group(y_g, &gr)
         });
     y
 }
 
-/// Returns [dx (same layout as x) | dγ (C) | dβ (C)] as one flat vector.
+/// Returns [dx (same layout as x) | dγ (C) | dβ (C)] as one flat vector, followed by
+/// dshift (N·C) when `params` = [γ | β | shift (N·C)] carries a shift.
 ///
 /// Per group, pass 1 forms dz (through the SiLU) elementwise and the per-channel sums
 /// dβ_c = Σ dz and dγ_c = Σ dz·x̂ (f64 lanes); the group means of dx̂ = γ dz and dx̂·x̂ follow
@@ -221,15 +293,20 @@ fn forward<T: Elem>(x: &[T], gamma: &[T], beta: &[T], dims: &[usize], op: &Group
 fn backward<T: Elem>(x: &[T], dy: &[T], params: &[T], dims: &[usize], op: &GroupNormOp) -> Vec<T> {
     let (c, hw) = (dims[1], dims[2..].iter().product::<usize>());
     let cg = c / op.groups;
-    let (gamma, beta) = params.split_at(c);
-    let mut out = vec![T::ZERO; x.len() + 2 * c];
+    let (gamma, rest) = params.split_at(c);
+    let (beta, shift) = rest.split_at(c);
+    let shift = (!shift.is_empty()).then_some(shift);
+    let n = x.len() / (c * hw);
+    let shift_len = if shift.is_some() { n * c } else { 0 };
+    let mut out = vec![T::ZERO; x.len() + 2 * c + shift_len];
     let (dx_all, _) = out.split_at_mut(x.len());
-    // Each image writes its own dx block and returns its (dγ, dβ).
-    let dparams: Vec<Vec<f64>> = dx_all
+    // Each image writes its own dx block and returns its (dγ, dβ) and dshift.
+    let per_image: Vec<(Vec<f64>, Vec<f64>)> = dx_all
         .par_chunks_mut(c * hw)
         .enumerate()
         .map(|(i, dx)| {
             let mut dparams = vec![0f64; 2 * c]; // dγ then dβ
+            let mut dshift = vec![0f64; if shift.is_some() { c } else { 0 }];
             for g in 0..op.groups {
                 let off = (i * c + g * cg) * hw;
                 let gr = Group {
@@ -239,25 +316,35 @@ fn backward<T: Elem>(x: &[T], dy: &[T], params: &[T], dims: &[usize], op: &Group
                     g,
                     hw,
                     op,
+                    shift: shift.map(|s| &s[i * c..(i + 1) * c]),
                 };
                 run_backward_group(
                     &mut dx[g * cg * hw..(g + 1) * cg * hw],
                     &dy[off..off + cg * hw],
                     &gr,
                     &mut dparams,
+                    &mut dshift,
                 );
             }
-            dparams
+            (dparams, dshift)
         })
         .collect();
     let mut total = vec![0f64; 2 * c];
-    for dp in &dparams {
+    for (dp, _) in &per_image {
         for (t, v) in total.iter_mut().zip(dp) {
             *t += v;
         }
     }
-    for (o, v) in out[x.len()..].iter_mut().zip(&total) {
+    let tail = &mut out[x.len()..];
+    for (o, v) in tail.iter_mut().zip(&total) {
         *o = T::from_f64(*v);
+    }
+    if shift.is_some() {
+        for (i, (_, ds)) in per_image.iter().enumerate() {
+            for (o, v) in tail[2 * c + i * c..(3 + i) * c].iter_mut().zip(ds) {
+                *o = T::from_f64(*v);
+            }
+        }
     }
     out
 }
@@ -290,10 +377,18 @@ impl GroupNormOp {
             let out = backward(a, b, c, dims, self);
             let len = out.len();
             Ok((T::wrap(out), Shape::from(len)))
+        } else if self.shifted {
+            // (x, [γ|β], shift)
+            let ch = dims[1];
+            let (gamma, beta) = b.split_at(ch);
+            Ok((
+                T::wrap(forward(a, gamma, beta, Some(c), dims, self)),
+                Shape::from(dims.to_vec()),
+            ))
         } else {
             // (x, γ, β)
             Ok((
-                T::wrap(forward(a, b, c, dims, self)),
+                T::wrap(forward(a, b, c, None, dims, self)),
                 Shape::from(dims.to_vec()),
             ))
         }
@@ -354,11 +449,31 @@ impl CustomOp3 for GroupNormOp {
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
+        a2: &Tensor,
+        a3: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.shifted {
+            // inputs (x, [γ|β], shift): the backward op takes [γ|β|shift]
+            let params = Tensor::cat(&[a2, &a3.flatten_all()?], 0)?;
+            let flat = x.apply_op3_no_bwd(
+                &dy.contiguous()?,
+                &params,
+                &GroupNormOp {
+                    backward: true,
+                    ..*self
+                },
+            )?;
+            let (n_x, c2) = (x.elem_count(), a2.elem_count());
+            let dx = flat.narrow(0, 0, n_x)?.reshape(x.shape())?;
+            let dparams = flat.narrow(0, n_x, c2)?;
+            let dshift = flat
+                .narrow(0, n_x + c2, a3.elem_count())?
+                .reshape(a3.shape())?;
+            return Ok((Some(dx), Some(dparams), Some(dshift)));
+        }
+        let (gamma, beta) = (a2, a3);
         let params = Tensor::cat(&[gamma, beta], 0)?;
         let flat = x.apply_op3_no_bwd(
             &dy.contiguous()?,
@@ -415,10 +530,59 @@ pub fn group_norm(
                 eps,
                 silu,
                 backward: false,
+                shifted: false,
             },
         )
     } else {
         group_norm_reference(x, groups, gamma, beta, eps, silu)
+    }
+}
+
+/// GroupNorm(x + shift) (then SiLU when `silu`) with a per-image, per-channel `shift`
+/// [N, C] broadcast over the pixels: a U-Net block's `norm1(h + emb)`. On the CPU (f32/f64)
+/// one op that never forms x + shift, so training does not keep that sum alive; elsewhere
+/// the composition `group_norm(x + shift)`.
+pub fn group_norm_shifted(
+    x: &Tensor,
+    shift: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    check(x, groups, gamma)?;
+    let d = x.dims();
+    if shift.dims() != [d[0], d[1]] {
+        candle_core::bail!(
+            "group_norm_shifted: shift {:?} should be [N, C] = [{}, {}]",
+            shift.dims(),
+            d[0],
+            d[1]
+        );
+    }
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && [shift.dtype(), gamma.dtype(), beta.dtype()]
+            .iter()
+            .all(|t| *t == x.dtype());
+    if fused {
+        x.contiguous()?.apply_op3(
+            &Tensor::cat(&[gamma, beta], 0)?,
+            &shift.contiguous()?,
+            GroupNormOp {
+                groups,
+                eps,
+                silu,
+                backward: false,
+                shifted: true,
+            },
+        )
+    } else {
+        let mut shape = d.to_vec();
+        shape[2..].iter_mut().for_each(|v| *v = 1);
+        let x = x.broadcast_add(&shift.reshape(shape.as_slice())?)?;
+        group_norm(&x, groups, gamma, beta, eps, silu)
     }
 }
 

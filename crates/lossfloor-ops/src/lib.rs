@@ -24,4 +24,4 @@ pub use attention::{
 };
 pub use conv::{conv2d, conv2d_reference};
 pub use device::{open_device, parse_device_name, DeviceError};
-pub use group_norm::{group_norm, group_norm_reference};
+pub use group_norm::{group_norm, group_norm_reference, group_norm_shifted};

@@ -313,3 +313,44 @@ fn add_scaled_matches_composition_and_finite_differences() {
         check_finite_differences(&ours, &inputs, &g1, 13);
     }
 }
+
+#[test]
+fn shifted_group_norm_matches_composition_and_finite_differences() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    for &(n, c, h, w, groups) in &[(2, 8, 5, 3, 4), (3, 6, 4, 4, 3), (1, 4, 3, 5, 2)] {
+        for silu in [false, true] {
+            let inputs = [
+                (random(&[n, c, h, w], &mut rng, DType::F64) * 2.0).unwrap(),
+                random(&[n, c], &mut rng, DType::F64),
+                (random(&[c], &mut rng, DType::F64) + 1.0).unwrap(),
+                random(&[c], &mut rng, DType::F64),
+            ];
+            let ours = |t: &[Tensor]| {
+                group_norm_shifted(&t[0], &t[1], groups, &t[2], &t[3], 1e-5, silu).unwrap()
+            };
+            let composed = |t: &[Tensor]| {
+                let x = t[0]
+                    .broadcast_add(&t[1].reshape((n, c, 1, 1)).unwrap())
+                    .unwrap();
+                group_norm_reference(&x, groups, &t[2], &t[3], 1e-5, silu).unwrap()
+            };
+            let case = format!("n={n} c={c} {h}x{w} groups={groups} silu={silu}");
+            let (y1, g1) = value_and_grads(&ours, &inputs, 15);
+            let (y2, g2) = value_and_grads(&composed, &inputs, 15);
+            assert!(max_rel_diff(&y1, &y2) < 1e-12, "forward {case}");
+            for (k, (a, b)) in g1.iter().zip(&g2).enumerate() {
+                assert!(max_rel_diff(a, b) < 1e-10, "gradient {k} {case}");
+            }
+            check_finite_differences(&ours, &inputs, &g1, 15);
+            let f32_inputs: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.to_dtype(DType::F32).unwrap())
+                .collect();
+            let (y3, g3) = value_and_grads(&ours, &f32_inputs, 15);
+            assert!(max_rel_diff(&y3, &y2) < 1e-5, "f32 forward {case}");
+            for (a, b) in g3.iter().zip(&g2) {
+                assert!(max_rel_diff(a, b) < 1e-4, "f32 gradient {case}");
+            }
+        }
+    }
+}
