@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::elem::Elem;
 use crate::storage::{contiguous, FromStorage};
 
 /// Single-head dot-product attention in EDM's channel-first layout: q, k, v `[B, C, L]` →
@@ -91,7 +92,50 @@ impl CustomOp1 for Up2x {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some((dy.avg_pool2d(2)? * 4.0)?))
+        Ok(Some(dy.apply_op1_no_bwd(&Sum2x2)?))
+    }
+}
+
+/// The gradient of [`Up2x`]: each 2×2 block of `[N, C, 2H, 2W]` summed into `[N, C, H, W]`.
+/// It reads its input through the layout's strides, so a broadcast gradient (e.g. of a sum)
+/// is never copied out first.
+struct Sum2x2;
+
+fn sum2x2<T: Elem>(v: &[T], l: &Layout) -> Result<Vec<T>> {
+    let (n, c, h2, w2) = l.shape().dims4()?;
+    let (h, w) = (h2 / 2, w2 / 2);
+    let st = l.stride();
+    let start = l.start_offset();
+    let mut out = vec![T::ZERO; n * c * h * w];
+    out.par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, o)| {
+            let base = start + (plane / c) * st[0] + (plane % c) * st[1];
+            for i in 0..h {
+                for j in 0..w {
+                    let at = |di: usize, dj: usize| {
+                        v[base + (2 * i + di) * st[2] + (2 * j + dj) * st[3]]
+                    };
+                    o[i * w + j] = at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1);
+                }
+            }
+        });
+    Ok(out)
+}
+
+impl CustomOp1 for Sum2x2 {
+    fn name(&self) -> &'static str {
+        "lossfloor-sum2x2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h2, w2) = l.shape().dims4()?;
+        let shape = Shape::from((n, c, h2 / 2, w2 / 2));
+        Ok(match s {
+            CpuStorage::F32(v) => (f32::wrap(sum2x2(v, l)?), shape),
+            CpuStorage::F64(v) => (f64::wrap(sum2x2(v, l)?), shape),
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        })
     }
 }
 

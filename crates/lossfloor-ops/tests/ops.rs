@@ -291,6 +291,22 @@ fn upsample2x_matches_broadcast_and_finite_differences() {
         let x32 = [inputs[0].to_dtype(DType::F32).unwrap()];
         let (y3, _) = value_and_grads(&ours, &x32, 10);
         assert!(max_rel_diff(&y3, &y2) < 1e-7);
+        // A broadcast incoming gradient (that of a plain sum) is read through its strides.
+        let v = Var::from_tensor(&inputs[0]).unwrap();
+        let g = upsample2x_nearest(v.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g: Vec<f64> = g
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(g.iter().all(|&x| x == 4.0));
     }
 }
 
