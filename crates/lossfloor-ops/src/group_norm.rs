@@ -454,27 +454,13 @@ impl CustomOp3 for GroupNormOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if self.shifted {
-            // inputs (x, [γ|β], shift): the backward op takes [γ|β|shift]
-            let params = Tensor::cat(&[a2, &a3.flatten_all()?], 0)?;
-            let flat = x.apply_op3_no_bwd(
-                &dy.contiguous()?,
-                &params,
-                &GroupNormOp {
-                    backward: true,
-                    ..*self
-                },
-            )?;
-            let (n_x, c2) = (x.elem_count(), a2.elem_count());
-            let dx = flat.narrow(0, 0, n_x)?.reshape(x.shape())?;
-            let dparams = flat.narrow(0, n_x, c2)?;
-            let dshift = flat
-                .narrow(0, n_x + c2, a3.elem_count())?
-                .reshape(a3.shape())?;
-            return Ok((Some(dx), Some(dparams), Some(dshift)));
-        }
-        let (gamma, beta) = (a2, a3);
-        let params = Tensor::cat(&[gamma, beta], 0)?;
+        // Inputs are (x, γ, β), or (x, [γ|β], shift) when shifted; the backward op takes
+        // [γ|β] or [γ|β|shift] and returns [dx | dγ | dβ (| dshift)].
+        let params = if self.shifted {
+            Tensor::cat(&[a2, &a3.flatten_all()?], 0)?
+        } else {
+            Tensor::cat(&[a2, a3], 0)?
+        };
         let flat = x.apply_op3_no_bwd(
             &dy.contiguous()?,
             &params,
@@ -483,11 +469,19 @@ impl CustomOp3 for GroupNormOp {
                 ..*self
             },
         )?;
-        let (n_x, c) = (x.elem_count(), gamma.elem_count());
+        let (n_x, c) = (x.elem_count(), x.dim(1)?);
         let dx = flat.narrow(0, 0, n_x)?.reshape(x.shape())?;
-        let dgamma = flat.narrow(0, n_x, c)?;
-        let dbeta = flat.narrow(0, n_x + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        if self.shifted {
+            let dparams = flat.narrow(0, n_x, 2 * c)?;
+            let dshift = flat
+                .narrow(0, n_x + 2 * c, a3.elem_count())?
+                .reshape(a3.shape())?;
+            Ok((Some(dx), Some(dparams), Some(dshift)))
+        } else {
+            let dgamma = flat.narrow(0, n_x, c)?;
+            let dbeta = flat.narrow(0, n_x + c, c)?;
+            Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        }
     }
 }
 
