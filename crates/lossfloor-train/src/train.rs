@@ -7,10 +7,10 @@
 //!
 //! Determinism: the data order is a ChaCha8 permutation per epoch (key: seed, epoch), the
 //! images of a step are the positions `nimg..nimg + batch` of that order, and every noise
-//! draw of a round comes from a ChaCha8 stream keyed by (seed, step, round). A run that
-//! is stopped at a training state and resumed therefore repeats exactly what the
-//! uninterrupted run would have done, bit for bit, as long as the network uses no
-//! dropout: candle's dropout draws from its own unseedable RNG.
+//! draw of a round comes from a ChaCha8 stream keyed by (seed, step, round), and so do the
+//! network's dropout masks (its `DropoutRng` is reseeded before each forward pass). A run
+//! that is stopped at a training state and resumed therefore repeats exactly what the
+//! uninterrupted run would have done, bit for bit.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
