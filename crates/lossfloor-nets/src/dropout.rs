@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -54,7 +54,7 @@ impl DropoutRng {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        if lossfloor_ops::cpu_kernels_apply(&[x]) {
             let keep: Vec<u8> = {
                 let mut rng = self.lock();
                 (0..x.elem_count())

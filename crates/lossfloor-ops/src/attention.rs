@@ -5,7 +5,7 @@
 //! `softmax_last_dim` and `upsample_nearest2d` are avoided: the first stops gradients, the
 //! second's backward overwrites gradients already accumulated for its input).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::elem::Elem;
@@ -35,8 +35,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// gradient sums each 2×2 block of the incoming gradient (4 × 2×2 average pooling). On the
 /// CPU (f32/f64) one parallel pass each way; elsewhere reshape + broadcast.
 pub fn upsample2x_nearest(x: &Tensor) -> Result<Tensor> {
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if fused {
+    if crate::cpu_kernels_apply(&[x]) {
         x.contiguous()?.apply_op1(Up2x)
     } else {
         upsample2x_nearest_reference(x)
@@ -149,11 +148,7 @@ pub fn downsample2x_box(x: &Tensor) -> Result<Tensor> {
 /// scale. On the CPU (f32/f64) one op, so training keeps only a and b for it; composed,
 /// candle would also keep a + b until the backward pass ends. Both gradients are g·s.
 pub fn add_scaled(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
-    let fused = a.device().is_cpu()
-        && matches!(a.dtype(), DType::F32 | DType::F64)
-        && a.dtype() == b.dtype()
-        && a.dims() == b.dims();
-    if fused {
+    if crate::cpu_kernels_apply(&[a, b]) && a.dims() == b.dims() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddScaled(s))
     } else if s == 1.0 {
         a + b

@@ -8,7 +8,7 @@
 //! Images are processed in parallel (one GEMM per image on each core); a 1×1 stride-1 conv
 //! without padding skips im2col, since the image already is its column matrix.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::elem::{gemm, Elem};
@@ -343,7 +343,7 @@ impl CustomOp2 for ConvOp {
 }
 
 fn fast_path(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == w.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
+    crate::cpu_kernels_apply(&[x, w])
 }
 
 /// y = conv2d(x, w) + b with x [N,C_in,H,W], w [C_out,C_in,kh,kw], b [C_out] (same as

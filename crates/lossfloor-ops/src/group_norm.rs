@@ -511,11 +511,13 @@ pub fn group_norm(
 ) -> Result<Tensor> {
     check(x, groups, gamma)?;
     let fused = match x.device() {
-        candle_core::Device::Cpu => matches!(x.dtype(), DType::F32 | DType::F64),
-        candle_core::Device::Cuda(_) => cfg!(feature = "cuda") && x.dtype() == DType::F32,
+        candle_core::Device::Cpu => crate::cpu_kernels_apply(&[x, gamma, beta]),
+        candle_core::Device::Cuda(_) => {
+            cfg!(feature = "cuda") && [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32)
+        }
         _ => false,
     };
-    if fused && gamma.dtype() == x.dtype() && beta.dtype() == x.dtype() {
+    if fused {
         x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
@@ -555,12 +557,7 @@ pub fn group_norm_shifted(
             d[1]
         );
     }
-    let fused = x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-        && [shift.dtype(), gamma.dtype(), beta.dtype()]
-            .iter()
-            .all(|t| *t == x.dtype());
-    if fused {
+    if crate::cpu_kernels_apply(&[x, shift, gamma, beta]) {
         x.contiguous()?.apply_op3(
             &Tensor::cat(&[gamma, beta], 0)?,
             &shift.contiguous()?,

@@ -16,6 +16,7 @@ mod group_norm;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
 mod storage;
+pub use storage::cpu_kernels_apply;
 
 pub use alloc::keep_freed_memory;
 pub use attention::{

@@ -1,6 +1,6 @@
 //! Getting typed, contiguous slices out of candle's CPU storage.
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
 use crate::elem::Elem;
 
@@ -46,4 +46,16 @@ pub fn contiguous<'a, T: FromStorage>(
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
     }
+}
+
+/// Whether the CPU kernels of this crate can take `tensors`: the first is on the CPU in f32
+/// or f64 and all share its dtype. Every fused op checks this before its kernel and falls
+/// back to plain candle ops otherwise.
+pub fn cpu_kernels_apply(tensors: &[&Tensor]) -> bool {
+    let Some(first) = tensors.first() else {
+        return false;
+    };
+    first.device().is_cpu()
+        && matches!(first.dtype(), DType::F32 | DType::F64)
+        && tensors.iter().all(|t| t.dtype() == first.dtype())
 }
