@@ -43,6 +43,26 @@ attn_resolutions = []
     path
 }
 
+/// `lossfloor train CFG --set data.spec=npy:NPY --set …(set) --run-dir RUN [--resume …]` on
+/// the CPU, as TrainArgs.
+fn train_args(
+    cfg: &Path,
+    npy: &Path,
+    run_dir: &Path,
+    set: &[String],
+    resume: Option<&str>,
+) -> TrainArgs {
+    let mut all = vec![format!("data.spec=npy:{}", npy.display())];
+    all.extend_from_slice(set);
+    TrainArgs {
+        config: cfg.to_path_buf(),
+        set: all,
+        resume: resume.map(str::to_string),
+        run_dir: Some(run_dir.to_path_buf()),
+        device: None,
+    }
+}
+
 #[test]
 fn run_train_end_to_end_with_overrides_and_resume() {
     let dir = tempfile::tempdir().unwrap();
@@ -60,16 +80,18 @@ tick_kimg = 0.004
     );
     let run_dir = dir.path().join("run");
     let args = |duration: &str, resume: Option<&str>| TrainArgs {
-        config: cfg.clone(),
-        set: vec![
-            format!("data.spec=npy:{}", npy.display()),
-            "train.dropout=0".to_string(),
-            format!("train.duration_kimg={duration}"),
-        ],
-        resume: resume.map(str::to_string),
-        run_dir: Some(run_dir.clone()),
         // --device cpu: exercises the flag, which overrides train.device
         device: Some("cpu".to_string()),
+        ..train_args(
+            &cfg,
+            &npy,
+            &run_dir,
+            &[
+                "train.dropout=0".into(),
+                format!("train.duration_kimg={duration}"),
+            ],
+            resume,
+        )
     };
     run_train(args("0.008", None)).unwrap();
     let resolved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
@@ -114,15 +136,9 @@ seed = 5
 "#,
     );
     let run_dir = dir.path().join("run");
-    let args = |duration: &str, resume: Option<&str>| TrainArgs {
-        config: cfg.clone(),
-        set: vec![
-            format!("data.spec=npy:{}", npy.display()),
-            format!("train.duration_kimg={duration}"),
-        ],
-        resume: resume.map(str::to_string),
-        run_dir: Some(run_dir.clone()),
-        device: None,
+    let args = |duration: &str, resume: Option<&str>| {
+        let set = [format!("train.duration_kimg={duration}")];
+        train_args(&cfg, &npy, &run_dir, &set, resume)
     };
     run_train(args("0.008", None)).unwrap();
     let path = run_dir.join(lossfloor_train::train::ESTIMATED_CURVE_FILE);
@@ -184,19 +200,12 @@ duration_kimg = 0.04
 "#,
     );
     let run_dir = dir.path().join("run");
-    let args = |lr: &str, resume: Option<&str>| TrainArgs {
-        config: cfg.clone(),
-        set: vec![
-            format!("data.spec=npy:{}", npy.display()),
-            format!("optimizer.lr={lr}"),
-            "optimizer.rampup_kimg=0".into(),
-        ],
-        resume: resume.map(str::to_string),
-        run_dir: Some(run_dir.clone()),
-        device: None,
-    };
     // an absurd learning rate drives the weights, then the loss, to infinity
-    let msg = format!("{:#}", run_train(args("1e36", None)).unwrap_err());
+    let set = ["optimizer.lr=1e36".into(), "optimizer.rampup_kimg=0".into()];
+    let msg = format!(
+        "{:#}",
+        run_train(train_args(&cfg, &npy, &run_dir, &set, None)).unwrap_err()
+    );
     assert!(msg.contains("non-finite loss"), "{msg}");
     let state = lossfloor_train::state::latest_state(&run_dir)
         .unwrap()
