@@ -2,7 +2,7 @@
 # Builds lossfloor with candle's CUDA backend on a machine that has no GPU and no CUDA install,
 # and packs what the GPU machine needs into dist/cuda/.
 #
-#   scripts/build-cuda.sh            # -> dist/cuda/{lossfloor, gpu-check test binaries, scripts}
+#   scripts/build-cuda.sh            # -> dist/cuda/{lossfloor, cuda-tests, bench-step, bench-estimator}
 #
 # Where the CUDA compiler comes from, and why: the GPU machines run driver 580 (CUDA 13.0,
 # compute capability 9.0). candle compiles its kernels to PTX at build time and the driver
@@ -52,11 +52,32 @@ if [ ! -x "$TOOLKIT/nvidia/cu13/bin/nvcc" ] || [ ! -d "$TOOLKIT/nvidia/cu13/nvvm
 fi
 CUDA=$TOOLKIT/nvidia/cu13
 
+# cuDNN (every convolution pass on CUDA goes through it; crates/lossfloor-ops/src/conv_cudnn.rs).
+# Linking needs only its 137 KB front library, libcudnn.so.9, which loads the engine
+# libraries at run time; PyTorch's cuDNN 9 on the GPU machine supplies all of them there. The
+# 517 MB wheel is fetched once, that one file kept, the wheel deleted.
+CUDNN_WHEEL=nvidia-cudnn-cu13==9.28.1.4
+if [ "${LOSSFLOOR_CUDNN:-1}" != 0 ] && [ ! -f "$CUDA/lib/libcudnn.so.9" ]; then
+    echo "build-cuda: fetching $CUDNN_WHEEL for libcudnn.so.9"
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+        --platform manylinux_2_27_x86_64 --python-version 3.11 -d "$tmp" "$CUDNN_WHEEL"
+    python3 - "$tmp"/nvidia_cudnn_cu13-*.whl "$CUDA/lib" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("nvidia/cudnn/lib/libcudnn.so.9") as src, \
+        open(sys.argv[2] + "/libcudnn.so.9.tmp", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    mv "$CUDA/lib/libcudnn.so.9.tmp" "$CUDA/lib/libcudnn.so.9"
+    rm -rf "$tmp"
+fi
+
 # Unversioned names for the linker (-lcublas finds libcublas.so).
 for lib in cublas cublasLt nvrtc cudart; do
     ln -sf "lib$lib.so.13" "$CUDA/lib/lib$lib.so"
 done
 ln -sf libcurand.so.10 "$CUDA/lib/libcurand.so"
+[ ! -f "$CUDA/lib/libcudnn.so.9" ] || ln -sf libcudnn.so.9 "$CUDA/lib/libcudnn.so"
 
 # Link-time stub of the driver library.
 STUB=$CUDA/lib/stubs/libcuda.so
@@ -77,7 +98,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-cuda}
 
 echo "build-cuda: nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, target dir $CARGO_TARGET_DIR"
 start=$(date +%s)
-cargo build --release -p lossfloor-cli --features cuda
+# The cuda feature, plus cudnn unless LOSSFLOOR_CUDNN=0 (then candle's own convolution).
+FEATURES=cuda
+[ "${LOSSFLOOR_CUDNN:-1}" = 0 ] || FEATURES=cuda,cudnn
+echo "build-cuda: features $FEATURES"
+cargo build --release -p lossfloor-cli --features $FEATURES
 # Path of the executable cargo builds for test or bench target NAME (the file name carries a
 # hash). Compiler errors go to the terminal; the JSON messages are parsed here.
 executable() { # NAME CARGO-ARGS... -> path
@@ -89,9 +114,10 @@ for line in sys.stdin:
         print(m["executable"])' | tail -1
 }
 # The CUDA agreement tests and the training-step/sampling benchmark, run on the GPU machine.
-TESTS=$(executable cuda test --release -p lossfloor-cli --features cuda --test cuda --no-run)
-BENCH=$(executable step bench -p lossfloor-train --features cuda --bench step --no-run)
-[ -n "$TESTS" ] && [ -n "$BENCH" ] || { echo "build-cuda: the test or bench build failed" >&2; exit 1; }
+TESTS=$(executable cuda test --release -p lossfloor-cli --features $FEATURES --test cuda --no-run)
+BENCH=$(executable step bench -p lossfloor-train --features $FEATURES --bench step --no-run)
+EST=$(executable exact_device bench -p lossfloor-optimal --features cuda --bench exact_device --no-run)
+[ -n "$TESTS" ] && [ -n "$BENCH" ] && [ -n "$EST" ] || { echo "build-cuda: the test or bench build failed" >&2; exit 1; }
 echo "build-cuda: built in $(($(date +%s) - start)) s"
 
 DIST=$ROOT/dist/cuda
@@ -99,9 +125,10 @@ rm -rf "$DIST.tmp" && mkdir -p "$DIST.tmp"
 cp "$CARGO_TARGET_DIR/release/lossfloor" "$DIST.tmp/"
 cp "$TESTS" "$DIST.tmp/cuda-tests"
 cp "$BENCH" "$DIST.tmp/bench-step"
-strip "$DIST.tmp/lossfloor" "$DIST.tmp/cuda-tests" "$DIST.tmp/bench-step"
+cp "$EST" "$DIST.tmp/bench-estimator"
+strip "$DIST.tmp/lossfloor" "$DIST.tmp/cuda-tests" "$DIST.tmp/bench-step" "$DIST.tmp/bench-estimator"
 rm -rf "$DIST" && mv "$DIST.tmp" "$DIST"
 # One compressed archive (~20 MB instead of ~175 MB) to carry to the GPU machine;
 # scripts/gpu-check.sh unpacks it.
-(cd "$DIST" && tar -cf - lossfloor cuda-tests bench-step | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
+(cd "$DIST" && tar -cf - lossfloor cuda-tests bench-step bench-estimator | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
 ls -la "$DIST" "$DIST.tar.xz"

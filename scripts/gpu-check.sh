@@ -9,12 +9,16 @@
 #      the same GPU:
 #      - exact estimator on CIFAR-10-shaped rows (EST_N=50,000 × 3072, synthetic uint8),
 #        EST_QUERIES=4096 queries × EST_K=32 σ in [0.002, 80], median of 3, against scripts/bench_estimator_torch.py (same algorithm), and the
-#        GPU's float32 matmul rate (8192³, TF32 off);
+#        GPU's float32 matmul rate (8192³, TF32 off); lossfloor both as `lossfloor estimate`
+#        (a fresh process: start-up and upload included) and in one warm process
+#        (bench-estimator, timed as the PyTorch script times itself);
 #      - DDPM++ CIFAR-10 training step (EDM loss, backward, Adam) at batch 128 (or the
 #        largest power-of-two batch below that fits lossfloor in GPU memory, with PyTorch at
 #        both batches), images/s, against scripts/ref_ddpmpp_torch.py (same network,
 #        55,733,891 parameters);
-#      - EDM Heun sampling, 18 steps = 35 network evaluations, batch 128, images/s.
+#      - EDM Heun sampling, 18 steps = 35 network evaluations, batch 128, images/s;
+#      - the training step again with candle's conv2d (backward) in place of ours, and one
+#        256→256 3×3 convolution timed each way through both (probe-*.json).
 #
 # Usage: scripts/gpu-check.sh [OUT_DIR]   (writes OUT_DIR/gpu-check.md and the logs; default out/gpu)
 set -uo pipefail
@@ -51,6 +55,10 @@ echo "lossfloor estimate times (s): ${ours_est[*]}"
 "$DIST/lossfloor" estimate --data "npy:$DATA" --device cuda --queries $((EST_QUERIES / 4)) \
     --sigmas "logspace:0.002:80:$EST_K" --out "$OUT/curve-cuda-quarter.json" >/dev/null 2>"$OUT/estimate-quarter.err"
 sed -n 's/^estimated .* in \([0-9.]*\)s$/\1/p' "$OUT/estimate-quarter.err" >"$OUT/estimate-quarter.txt"
+# The same estimate timed in one warm process, as the PyTorch script times itself
+# (crates/lossfloor-optimal/benches/exact_device.rs; pixel-like data of the same shape).
+"$DIST/bench-estimator" --device cuda --n "$EST_N" --d 3072 --queries "$EST_QUERIES" --k "$EST_K" --repeats 3 \
+    | tee "$OUT/estimator-ours-warm.json"
 $PY scripts/bench_estimator_torch.py "$DATA" "$EST_QUERIES" 0.002 80 "$EST_K" 3 | tee "$OUT/estimator-torch.json"
 
 echo "== 2b/2c. DDPM++ training step and Heun sampling"
@@ -77,6 +85,14 @@ cat "$OUT/step-ours.json"
 echo "lossfloor peak GPU memory: $(peak_mem "$OUT/mem-ours.log") MiB" | tee "$OUT/mem-summary.txt"
 with_mem "$OUT/mem-torch.log" $PY scripts/ref_ddpmpp_torch.py "$B" 5 16 cuda 128 | tee "$OUT/step-torch.json"
 echo "PyTorch peak GPU memory: $(peak_mem "$OUT/mem-torch.log") MiB" | tee -a "$OUT/mem-summary.txt"
+# The same step with candle's conv2d instead of ours (run-time switch, see
+# crates/lossfloor-ops/src/conv_cudnn.rs: in a cudnn build this keeps cuDNN's forward pass
+# and swaps the backward for candle's conv_transpose2d and conv2d-based dW), and one
+# 256→256 3×3 convolution timed each way through both routes at batch 32.
+LOSSFLOOR_CUDA_CONV=candle "$DIST/bench-step" --device cuda --batch $B --repeats 5 --sample-batch 0 \
+    >"$OUT/step-ours-candle-conv.json" 2>>"$OUT/step-ours.err" || echo "gpu-check: the step with candle's convolution failed" >&2
+"$DIST/bench-step" --device cuda --probe 32 | tee "$OUT/probe-cudnn.json"
+LOSSFLOOR_CUDA_CONV=candle "$DIST/bench-step" --device cuda --probe 32 | tee "$OUT/probe-candle-conv.json"
 if [ "$B" != 128 ]; then
     $PY scripts/ref_ddpmpp_torch.py 128 5 16 cuda 128 | tee "$OUT/step-torch-128.json"
 fi
@@ -99,12 +115,23 @@ print(f"| exact estimator, {n:,}×{d}, {m} queries × {k} σ: wall s | {t_ours:.
 print(f"| … executed GFLOP/s (share of fp32 matmul peak) | {executed / t_ours:,.0f} ({executed / t_ours / peak:.0%}) | {executed / t_torch:,.0f} ({executed / t_torch / peak:.0%}) | |")
 print(f"| … effective GFLOP/s (nominal 4·M·N·D per σ) | {nominal / t_ours:,.0f} | {nominal / t_torch:,.0f} | |")
 try:
+    warm = json.load(open(os.path.join(out, "estimator-ours-warm.json")))
+    print(f"| … lossfloor in one warm process (bench-estimator): wall s; executed GFLOP/s (share) | {warm['wall_s']:.2f}; {warm['gflops']:,.0f} ({warm['gflops'] / peak:.0%}) | {t_torch:.2f} | {t_torch / warm['wall_s']:.2f}× speed |")
+    print(f"| … the same without its data upload ({warm['upload_s']:.2f} s; PyTorch uploads before timing) | {warm['gflops_without_upload']:,.0f} ({warm['gflops_without_upload'] / peak:.0%}) | | |")
+except Exception as e:
+    print(f"(no warm-process estimator figure: {e})")
+try:
     t_quarter = float(open(os.path.join(out, "estimate-quarter.txt")).read().split()[0])
     marginal = executed * 0.75 / (t_ours - t_quarter)
     print(f"| … lossfloor marginal GFLOP/s (4096 − 1024 queries; excludes upload and start-up) | {marginal:,.0f} ({marginal / peak:.0%}) | | |")
 except Exception as e:
     print(f"(no marginal rate: {e})")
 print(f"| DDPM++ training step, batch {ours['batch']}: img/s | {ours['train_step_img_s']:.0f} | {torch_['train_step_img_s']:.0f} | {ours['train_step_img_s'] / torch_['train_step_img_s']:.2f} |")
+try:
+    alt = json.load(open(os.path.join(out, "step-ours-candle-conv.json")))
+    print(f"| … lossfloor with candle's conv2d backward (LOSSFLOOR_CUDA_CONV=candle): img/s | {alt['train_step_img_s']:.0f} | | {alt['train_step_img_s'] / torch_['train_step_img_s']:.2f} |")
+except Exception as e:
+    print(f"(no figure with candle's convolution: {e})")
 t128 = os.path.join(out, "step-torch-128.json")
 if os.path.exists(t128):
     print(f"| PyTorch alone at batch 128: training step img/s | | {json.load(open(t128))['train_step_img_s']:.0f} | |")

@@ -1,10 +1,11 @@
 # Sourced on the GPU machine (by scripts/gpu-check.sh, or by hand before running
 # dist/cuda/lossfloor): puts the CUDA 13 libraries the binaries link on LD_LIBRARY_PATH.
 #   . scripts/gpu-env.sh
-# The CUDA 13 libraries the binaries link (cuBLAS, cuBLASLt, cuRAND, NVRTC, the runtime):
-# found wherever PyTorch's wheels put them.
+# The CUDA 13 libraries the binaries link (cuBLAS, cuBLASLt, cuRAND, NVRTC, the runtime) and
+# cuDNN 9 (whose front library loads its engine libraries from the same folder): found
+# wherever PyTorch's wheels put them.
 libdirs=""
-for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
+for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13 libcudnn.so.9; do
     f=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))') /usr/local/cuda* \
         -name "$lib" 2>/dev/null | head -1)
     [ -n "$f" ] || f=$(find / -xdev -name "$lib" 2>/dev/null | head -1)

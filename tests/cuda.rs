@@ -263,7 +263,7 @@ model_channels = 16
 channel_mult = [1, 2]
 num_blocks = 1
 attn_resolutions = [4]
-dropout = 0.0
+dropout = 0.1
 [optimizer]
 lr = 1e-2
 rampup_kimg = 0
@@ -408,4 +408,82 @@ fn fused_group_norm_agrees() {
             );
         }
     }
+}
+
+/// `lossfloor_ops::conv2d` on CUDA (cuDNN with the `cudnn` feature, candle's kernels
+/// without) against the CPU GEMM kernels: output, dx and dW, for the shapes the networks use
+/// (3×3 same-padding, 3×3 stride 2, 1×1, a 7×7 stem-like kernel, odd sizes), plus bias.
+/// Both sides are float32 FMA (cuDNN with CUDNN_FMA_MATH, no TF32), so the only difference is
+/// summation order over C_in·k² ≤ 1,152 terms: rel. L2 < 1e-5.
+#[test]
+fn convolution_agrees_each_way() {
+    for (n, c_in, c_out, h, w, k, stride, pad) in [
+        (4, 16, 24, 12, 12, 3, 1, 1),
+        (3, 8, 16, 11, 9, 3, 2, 1),
+        (2, 32, 8, 8, 8, 1, 1, 0),
+        (2, 3, 12, 17, 17, 7, 2, 3),
+        (5, 128, 64, 6, 6, 3, 1, 1),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &Device::Cpu).unwrap();
+        let wt = Tensor::randn(0f32, 0.2, (c_out, c_in, k, k), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.5, c_out, &Device::Cpu).unwrap();
+        let run = |device: &Device| {
+            let xv = candle_core::Var::from_tensor(&x.to_device(device).unwrap()).unwrap();
+            let wv = candle_core::Var::from_tensor(&wt.to_device(device).unwrap()).unwrap();
+            let bd = b.to_device(device).unwrap();
+            let y = lossfloor_ops::conv2d(&xv, &wv, Some(&bd), stride, pad).unwrap();
+            // A fixed, non-uniform output gradient: dy = cos(y).
+            let loss = y.sin().unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            let dx = grads.get(xv.as_tensor()).unwrap().clone();
+            let dw = grads.get(wv.as_tensor()).unwrap().clone();
+            [y, dx, dw]
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu()));
+        for (what, (u, v)) in ["y", "dx", "dW"].iter().zip(cpu.iter().zip(&cuda)) {
+            let e = rel_l2(v, u);
+            assert!(
+                e < 1e-5,
+                "conv {n}×{c_in}×{h}×{w} → {c_out}, k={k} s={stride} p={pad}, {what}: relative L2 difference {e:.2e}"
+            );
+        }
+    }
+}
+
+/// Dropout draws the same mask on both devices (it is a function of the key and the element
+/// index, `lossfloor_ops::dropout`), so value and gradient agree bit for bit.
+#[test]
+fn dropout_is_the_same_on_both_devices() {
+    let x = Tensor::randn(0f32, 1.0, (3, 64, 17, 19), &Device::Cpu).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (3, 64, 17, 19), &Device::Cpu).unwrap();
+    let run = |device: &Device| {
+        let xv = candle_core::Var::from_tensor(&x.to_device(device).unwrap()).unwrap();
+        let y = lossfloor_ops::dropout(&xv, 0xDEAD_BEEF, 0.13).unwrap();
+        let g = (&y * r.to_device(device).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        (bits(&y), bits(g.get(xv.as_tensor()).unwrap()))
+    };
+    let (cpu, cuda) = (run(&Device::Cpu), run(&gpu()));
+    assert_eq!(cpu.0, cuda.0, "dropout output differs between CPU and CUDA");
+    assert_eq!(
+        cpu.1, cuda.1,
+        "dropout gradient differs between CPU and CUDA"
+    );
+    let zeros = cpu.0.iter().filter(|&&b| b & 0x7FFF_FFFF == 0).count();
+    assert!(zeros > 1000, "the mask drops elements ({zeros} zeros)");
 }

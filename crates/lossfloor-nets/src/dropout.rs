@@ -6,15 +6,17 @@
 //! the trainer reseeds it before each forward pass from the run seed, the step and the
 //! accumulation round, and the masks are drawn in the fixed order of the forward pass.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::Result;
 
-/// The source of a network's dropout masks (a ChaCha8 stream, drawn on the host).
+/// The source of a network's dropout masks: a ChaCha8 stream on the host, from which
+/// each dropout call draws one key (the mask itself is computed on the device) and label or
+/// class dropout draws its few uniforms.
 #[derive(Debug)]
 pub struct DropoutRng(Mutex<ChaCha8Rng>);
 
@@ -45,41 +47,16 @@ impl DropoutRng {
     /// Inverted dropout as `torch.nn.functional.dropout` in training mode:
     /// `x · 1[u ≥ p] / (1 − p)` with `u ~ U[0, 1)` per element.
     ///
-    /// On the CPU (f32/f64) this is one op that keeps its mask as bytes inside the graph
-    /// node, so training holds no extra activation-sized tensors for it (the composed form
-    /// below holds the f32 mask and `x · mask` until the backward pass ends). Both forms draw
-    /// the same u and compare it with p in f32 (as candle's `ge` does), so they give the
-    /// same bits.
+    /// One 64-bit key is drawn from the stream per call (so masks follow the forward pass's
+    /// order and the seed); the mask is a function of that key and the element index
+    /// ([`lossfloor_ops::dropout`]), computed on the tensor's device and recomputed in the
+    /// backward pass rather than stored.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        if lossfloor_ops::cpu_kernels_apply(&[x]) {
-            let keep: Vec<u8> = {
-                let mut rng = self.lock();
-                (0..x.elem_count())
-                    .map(|_| u8::from(rng.random::<f32>() >= p as f32))
-                    .collect()
-            };
-            let op = MaskOp {
-                keep: Arc::new(keep),
-                scale: 1.0 / (1.0 - p),
-            };
-            return Ok(x.contiguous()?.apply_op1(op)?);
-        }
-        self.dropout_composed(x, p)
-    }
-
-    /// [`DropoutRng::dropout`] composed of candle ops (any device).
-    pub fn dropout_composed(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = self
-            .uniform(x.dims(), x.device())?
-            .ge(p)?
-            .to_dtype(x.dtype())?;
-        Ok(((x * keep)? * (1.0 / (1.0 - p)))?)
+        let key = self.lock().random::<u64>();
+        Ok(lossfloor_ops::dropout(x, key, p)?)
     }
 
     /// A `[n, 1]` mask (dtype of `like`) that keeps each row with probability `1 − p`:
@@ -95,51 +72,6 @@ impl DropoutRng {
     /// `rand(n) < p` class dropout.
     pub fn drop_flags(&self, n: usize, p: f64, device: &Device) -> Result<Tensor> {
         Ok(self.uniform(&[n], device)?.lt(p)?)
-    }
-}
-
-/// y = x · keep · scale elementwise, with the mask held in the op; its gradient is the
-/// same masking of the incoming gradient.
-#[derive(Clone)]
-struct MaskOp {
-    keep: Arc<Vec<u8>>,
-    scale: f64,
-}
-
-fn masked<T: Copy + std::ops::Mul<Output = T> + Default>(x: &[T], keep: &[u8], scale: T) -> Vec<T> {
-    x.iter()
-        .zip(keep)
-        .map(|(&v, &k)| if k != 0 { v * scale } else { T::default() })
-        .collect()
-}
-
-impl CustomOp1 for MaskOp {
-    fn name(&self) -> &'static str {
-        "lossfloor-dropout"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("{}: input must be contiguous", self.name());
-        };
-        if b - a != self.keep.len() {
-            candle_core::bail!(
-                "{}: {} values for a mask of {}",
-                self.name(),
-                b - a,
-                self.keep.len()
-            );
-        }
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(masked(&v[a..b], &self.keep, self.scale as f32)),
-            CpuStorage::F64(v) => CpuStorage::F64(masked(&v[a..b], &self.keep, self.scale)),
-            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
-        };
-        Ok((out, l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 
@@ -170,43 +102,5 @@ mod tests {
         rng.reseed(4);
         let c = rng.dropout(&x, 0.25).unwrap();
         assert_ne!(a, c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
-    }
-}
-
-#[cfg(test)]
-mod op_tests {
-    use super::*;
-    use candle_core::Var;
-
-    /// The fused CPU op equals the composed form bit for bit, value and gradient.
-    #[test]
-    fn fused_dropout_equals_composed() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap()).unwrap();
-        let r = Tensor::randn(0f32, 1.0, (3, 5, 7), &dev).unwrap();
-        let rng = DropoutRng::new(11);
-        let run = |fused: bool| {
-            rng.reseed(11);
-            let y = if fused {
-                rng.dropout(x.as_tensor(), 0.3).unwrap()
-            } else {
-                rng.dropout_composed(x.as_tensor(), 0.3).unwrap()
-            };
-            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let bits = |t: &Tensor| -> Vec<u32> {
-                t.flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
-            (bits(&y), bits(g.get(x.as_tensor()).unwrap()))
-        };
-        let (fused, composed) = (run(true), run(false));
-        assert_eq!(fused, composed);
-        // and it drops something
-        assert!(fused.0.iter().filter(|b| **b == 0).count() > 10);
     }
 }

@@ -7,6 +7,9 @@
 //!
 //! Images are processed in parallel (one GEMM per image on each core); a 1×1 stride-1 conv
 //! without padding skips im2col, since the image already is its column matrix.
+//!
+//! With the `cudnn` feature the same op runs its three passes through cuDNN on CUDA tensors
+//! (`conv_cudnn.rs`); elsewhere `conv2d` falls back to candle's convolution.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -316,6 +319,23 @@ impl CustomOp2 for ConvOp {
         }
     }
 
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::conv_cudnn::CudnnPass;
+        let pass = match self.pass {
+            Pass::Forward => CudnnPass::Forward,
+            Pass::GradInput(s) => CudnnPass::GradInput(s),
+            Pass::GradWeight(s) => CudnnPass::GradWeight(s),
+        };
+        crate::conv_cudnn::run(pass, self.stride, self.pad, (s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -342,12 +362,19 @@ impl CustomOp2 for ConvOp {
     }
 }
 
+/// Whether this module's op (rather than candle's conv2d) takes these tensors: our CPU
+/// kernels, or cuDNN on CUDA when built with the `cudnn` feature.
 fn fast_path(x: &Tensor, w: &Tensor) -> bool {
+    #[cfg(feature = "cudnn")]
+    if crate::conv_cudnn::applies(x, w) {
+        return true;
+    }
     crate::cpu_kernels_apply(&[x, w])
 }
 
 /// y = conv2d(x, w) + b with x [N,C_in,H,W], w [C_out,C_in,kh,kw], b [C_out] (same as
-/// PyTorch's `conv2d(x, w, b, stride, padding)`), GEMM-based on CPU, candle's op elsewhere.
+/// PyTorch's `conv2d(x, w, b, stride, padding)`): GEMM-based on CPU, cuDNN on CUDA with the
+/// `cudnn` feature, candle's op elsewhere.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,

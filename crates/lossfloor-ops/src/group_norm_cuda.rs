@@ -7,9 +7,10 @@
 //! dγ, dβ are reduced per image into a scratch buffer and summed over images in a fixed
 //! order, so results do not depend on scheduling.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::compile_ptx;
+use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{CudaStorage, Layout, Result, Shape};
+
+use crate::cuda_util::{grid, launch};
 
 const THREADS: u32 = 256;
 
@@ -123,13 +124,7 @@ const MODULE: &str = "lossfloor_group_norm";
 fn ptx() -> Result<&'static str> {
     static PTX: std::sync::OnceLock<std::result::Result<String, String>> =
         std::sync::OnceLock::new();
-    PTX.get_or_init(|| {
-        compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| format!("{e:?}"))
-    })
-    .as_deref()
-    .map_err(|e| candle_core::Error::Msg(format!("group_norm: NVRTC failed: {e}")))
+    crate::cuda_util::ptx(&PTX, SOURCE, "group_norm")
 }
 
 fn slice<'a>(
@@ -150,28 +145,6 @@ fn dims3(l: &Layout, groups: usize) -> Result<(usize, i32, i32, i32)> {
         i32::try_from(v).map_err(|_| candle_core::Error::Msg("group_norm: size over 2^31".into()))
     };
     Ok((n, as_i32(c)?, as_i32(hw)?, as_i32(groups)?))
-}
-
-/// `blocks` thread blocks of `threads` threads each.
-fn grid(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Launches a kernel whose arguments are already pushed, naming it in any error.
-fn launch(
-    mut args: candle_core::cuda_backend::cudarc::driver::LaunchArgs<'_>,
-    cfg: LaunchConfig,
-    name: &str,
-) -> Result<()> {
-    // SAFETY: every caller pushes exactly the arguments its kernel declares, with buffers
-    // sized for the grid it launches.
-    unsafe { args.launch(cfg) }
-        .map(|_| ())
-        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e:?}")))
 }
 
 /// Forward: y = GN(x; γ, β) (then SiLU), same shape as x.

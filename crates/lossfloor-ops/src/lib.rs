@@ -1,16 +1,25 @@
-//! Fast CPU kernels for the ops that dominate a diffusion U-Net training step, as candle
-//! custom ops with their own backward passes.
+//! Fast kernels for the ops that dominate a diffusion U-Net training step, as candle custom
+//! ops with their own backward passes.
 //!
 //! candle's CPU convolution backward goes through a direct-loop `conv_transpose2d`, and its
 //! GroupNorm is ~20 unfused single-threaded element-wise ops. The ops here compute the same
 //! functions with GEMM-based kernels (im2col / col2im on the `gemm` crate) and fused,
-//! parallel loops. On any other device, or dtype, they fall back to plain candle ops, so
-//! networks can call them unconditionally.
+//! parallel loops. With the `cuda` feature, GroupNorm(+SiLU) and dropout also have CUDA
+//! kernels (NVRTC), and with `cudnn` every convolution pass goes through cuDNN. On any other
+//! device, or dtype, the ops fall back to plain candle ops, so networks can call them
+//! unconditionally.
 
 pub mod alloc;
 mod attention;
 mod conv;
+#[cfg(feature = "cudnn")]
+mod conv_cudnn;
+#[cfg(feature = "cuda")]
+mod cuda_util;
 pub mod device;
+mod dropout;
+#[cfg(feature = "cuda")]
+mod dropout_cuda;
 mod elem;
 mod group_norm;
 #[cfg(feature = "cuda")]
@@ -25,4 +34,5 @@ pub use attention::{
 };
 pub use conv::{conv2d, conv2d_reference};
 pub use device::{open_device, parse_device_name, DeviceError};
+pub use dropout::{dropout, dropout_reference, dropout_uniform};
 pub use group_norm::{group_norm, group_norm_reference, group_norm_shifted};

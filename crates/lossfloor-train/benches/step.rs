@@ -10,7 +10,8 @@
 //!        [--no-sync-phases]
 //!        cargo bench -p lossfloor-train --bench step -- --device cuda --probe BATCH
 //! (`--probe`: device memory after an inference forward, a tracked forward and its backward,
-//! and the time of one 256→256 3×3 convolution each way through candle's kernels.)
+//! and the time of one 256→256 3×3 convolution each way through candle's kernels, then
+//! forward and forward + backward through `lossfloor_ops::conv2d`.)
 
 use std::time::Instant;
 
@@ -214,8 +215,20 @@ fn probe(device: &Device, batch: usize) {
             .conv2d(&dy.transpose(0, 1).unwrap(), 1, 1, 1, 1)
             .unwrap()
     });
+    // The same layer through lossfloor_ops::conv2d (cuDNN for all three passes in a `cudnn`
+    // build, unless LOSSFLOOR_CUDA_CONV=candle): forward alone, then forward + backward.
+    let ops_fwd = time_ms(device, &|| {
+        lossfloor_ops::conv2d(&xc, w.as_tensor(), None, 1, 1).unwrap()
+    });
+    let xv = Var::from_tensor(&xc).unwrap();
+    let ops_fwd_bwd = time_ms(device, &|| {
+        let y = lossfloor_ops::conv2d(&xv, w.as_tensor(), None, 1, 1).unwrap();
+        let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(xv.as_tensor()).unwrap().clone()
+    });
+    let route = std::env::var("LOSSFLOOR_CUDA_CONV").unwrap_or_else(|_| "default".into());
     println!(
-        "{{\"probe_batch\": {batch}, \"mib_weights\": {m_weights:.0}, \"mib_after_inference_fwd\": {m_inference:.0}, \"mib_after_tracked_fwd\": {m_tracked:.0}, \"mib_after_backward\": {m_backward:.0}, \"mib_after_drop\": {m_after:.0}, \"conv_fwd_ms\": {fwd:.2}, \"conv_dx_conv_transpose2d_ms\": {dx_transpose:.2}, \"conv_dx_as_conv2d_ms\": {dx_conv:.2}, \"conv_dw_ms\": {dw:.2}, \"dx_routes_max_rel_diff\": {dx_rel_diff:.1e}}}"
+        "{{\"probe_batch\": {batch}, \"mib_weights\": {m_weights:.0}, \"mib_after_inference_fwd\": {m_inference:.0}, \"mib_after_tracked_fwd\": {m_tracked:.0}, \"mib_after_backward\": {m_backward:.0}, \"mib_after_drop\": {m_after:.0}, \"conv_fwd_ms\": {fwd:.2}, \"conv_dx_conv_transpose2d_ms\": {dx_transpose:.2}, \"conv_dx_as_conv2d_ms\": {dx_conv:.2}, \"conv_dw_ms\": {dw:.2}, \"dx_routes_max_rel_diff\": {dx_rel_diff:.1e}, \"lossfloor_cuda_conv\": \"{route}\", \"ops_conv_fwd_ms\": {ops_fwd:.2}, \"ops_conv_fwd_bwd_ms\": {ops_fwd_bwd:.2}}}"
     );
 }
 
