@@ -10,8 +10,9 @@
 //! any element's value is computed on its own, in parallel, on the host or on a GPU.
 //!
 //! Why not a sequential stream: drawing one uniform per activation element on one host thread
-//! and copying the mask to the GPU cost, for a DDPM++ step at batch 128, ~2.5·10⁸ draws and a
-//! 1 GB upload per forward pass; the op also had to keep the mask for the backward pass.
+//! and copying the mask to the GPU cost, for a DDPM++ step at batch 128 (3.54 M dropped-out
+//! activations per image), 4.5·10⁸ draws and a 1.8 GB upload per forward pass; the op also
+//! had to keep the mask for the backward pass.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
