@@ -136,6 +136,21 @@ impl NetworkSpec {
         })
     }
 
+    /// The network for inference only, built from `tensors` (name → tensor, e.g. from
+    /// [`varmap_tensors`]) detached from autograd. Detached tensors share their storage with
+    /// the originals, so this costs no memory; a forward pass through the copy records no
+    /// graph, so each layer's intermediates are freed as soon as the next layer has used
+    /// them (with `Var` weights every intermediate stays alive until the output is dropped).
+    pub fn build_inference(
+        &self,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+    ) -> Result<Box<dyn Network>> {
+        let detached: HashMap<String, Tensor> =
+            tensors.into_iter().map(|(n, t)| (n, t.detach())).collect();
+        self.build_from(VarBuilder::from_tensors(detached, DType::F32, device))
+    }
+
     /// Number of classes of the one-hot `class_labels`, 0 = unconditional.
     pub fn label_dim(&self) -> usize {
         match self {
@@ -269,6 +284,19 @@ pub struct LoadedNetwork {
     pub varmap: VarMap,
     /// The file's whole metadata (including the `lossfloor.*` keys).
     pub meta: BTreeMap<String, String>,
+}
+
+impl LoadedNetwork {
+    /// An inference copy of the network ([`NetworkSpec::build_inference`]), sharing its
+    /// tensors: for sampling and feature extraction, which never differentiate.
+    pub fn inference_network(&self) -> Result<Box<dyn Network>> {
+        let tensors = varmap_tensors(&self.varmap)?;
+        let device = match tensors.first() {
+            Some((_, t)) => t.device().clone(),
+            None => return Err(NetsError::Config("the network has no tensors".into())),
+        };
+        self.spec.build_inference(tensors, &device)
+    }
 }
 
 impl std::fmt::Debug for LoadedNetwork {

@@ -134,6 +134,23 @@ fn round_trip(spec: NetworkSpec) {
         .forward(&x, &t, labels.as_ref(), None, false)
         .unwrap();
     assert_eq!(bits(&y0), bits(&y1), "{} output", spec.arch());
+    // The inference copy gives the same bits without recording an autograd graph (the Var
+    // network's output does record one).
+    assert!(
+        y1.track_op(),
+        "{}: the Var network records a graph",
+        spec.arch()
+    );
+    let inference = loaded.inference_network().unwrap();
+    let y2 = inference
+        .forward(&x, &t, labels.as_ref(), None, false)
+        .unwrap();
+    assert!(
+        !y2.track_op(),
+        "{}: inference output records a graph",
+        spec.arch()
+    );
+    assert_eq!(bits(&y1), bits(&y2), "{} inference output", spec.arch());
     // Re-saving the loaded state gives a file that loads to the same tensors.
     let path2 = dir.path().join("again.safetensors");
     save_network(&path2, &loaded.spec, &loaded.precond, &again, &extra).unwrap();

@@ -38,22 +38,48 @@ pub fn network_denoiser<'a>(
     precond: &PrecondSpec,
     img_channels: usize,
 ) -> Result<NetworkDenoiser<'a>> {
+    denoiser_over(NetHandle::Borrowed(network), precond, img_channels)
+}
+
+/// The network a denoiser evaluates: borrowed from the caller, or owned by the denoiser.
+enum NetHandle<'a> {
+    Borrowed(&'a dyn Network),
+    Owned(Box<dyn Network>),
+}
+
+impl NetHandle<'_> {
+    fn get(&self) -> &dyn Network {
+        match self {
+            NetHandle::Borrowed(n) => *n,
+            NetHandle::Owned(n) => n.as_ref(),
+        }
+    }
+}
+
+/// [`network_denoiser`] over a network it owns or borrows.
+fn denoiser_over<'a>(
+    network: NetHandle<'a>,
+    precond: &PrecondSpec,
+    img_channels: usize,
+) -> Result<NetworkDenoiser<'a>> {
     let process = process_from_spec(precond)?;
     let f: NetFn<'a> = Box::new(move |x: &Tensor, c_noise: f64, labels: Option<&Tensor>| {
         let n = x.dim(0)?;
         let noise = Tensor::full(c_noise as f32, n, x.device())?;
         let labels = labels.map(|l| l.to_dtype(DType::F32)).transpose()?;
         let out = network
+            .get()
             .forward(x, &noise, labels.as_ref(), None, false)
             .map_err(|e| candle_core::Error::Msg(format!("network forward: {e}")))?;
         let c = out.dim(1)?;
         if c < img_channels {
             candle_core::bail!("network output has {c} channels, expected at least {img_channels}")
         }
-        // Sampling never differentiates. The weights are candle `Var`s, so the output carries
+        // Sampling never differentiates. If the weights are candle `Var`s, the output carries
         // the autograd graph of the whole forward pass; detaching it lets that graph go now,
         // instead of chaining every evaluation of the sampler into one graph kept alive to
         // the end (64 Fashion-MNIST samples with the quick config ran out of 24 GB that way).
+        // `loaded_denoiser` avoids the graph altogether with an inference copy.
         let out = if c > img_channels {
             out.narrow(1, 0, img_channels)?.contiguous()?
         } else {
@@ -64,10 +90,15 @@ pub fn network_denoiser<'a>(
     Ok(PrecondDenoiser::new(process, f))
 }
 
-/// [`network_denoiser`] for a checkpoint loaded by `lossfloor_nets::checkpoint`.
-pub fn loaded_denoiser(loaded: &LoadedNetwork) -> Result<NetworkDenoiser<'_>> {
-    network_denoiser(
-        loaded.network.as_ref(),
+/// The denoiser of a checkpoint loaded by `lossfloor_nets::checkpoint`, over an inference
+/// copy of its network ([`LoadedNetwork::inference_network`]: same tensors, no autograd
+/// graph, so each forward pass holds only its working set).
+pub fn loaded_denoiser(loaded: &LoadedNetwork) -> Result<NetworkDenoiser<'static>> {
+    let network = loaded
+        .inference_network()
+        .map_err(|e| SamplerError::Invalid(format!("inference copy of the network: {e}")))?;
+    denoiser_over(
+        NetHandle::Owned(network),
         &loaded.precond,
         loaded.spec.img_channels(),
     )

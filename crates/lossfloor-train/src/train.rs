@@ -463,26 +463,38 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes an EMA network snapshot readable by `lossfloor_nets::checkpoint::load_network`.
-    pub fn save_snapshot(&self) -> Result<PathBuf> {
-        let path = self
-            .run_dir
-            .join(format!("network-snapshot-{:010}.safetensors", self.nimg));
-        let spec = match &self.net_cfg {
+    /// The network's architecture as checkpoints describe it.
+    fn network_spec(&self) -> NetworkSpec {
+        match &self.net_cfg {
             NetworkConfig::SongUNet(c) => NetworkSpec::SongUNet(c.clone()),
             NetworkConfig::Dhariwal(c) => NetworkSpec::Dhariwal(c.clone()),
             NetworkConfig::DiT(c) => NetworkSpec::DiT(c.clone()),
-        };
-        let precond = PrecondSpec {
-            process: self.cfg.precond.process.as_str().to_string(),
-            sigma_data: self.cfg.precond.sigma_data,
-        };
+        }
+    }
+
+    /// Every tensor of the network (sorted by name) with the EMA weights in place of the
+    /// trainable ones; buffers as they are.
+    fn ema_network_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = varmap_tensors(&self.varmap)?;
         for (name, t) in tensors.iter_mut() {
             if let Ok(i) = self.names.binary_search(name) {
                 *t = self.ema.tensors[i].clone();
             }
         }
+        Ok(tensors)
+    }
+
+    /// Writes an EMA network snapshot readable by `lossfloor_nets::checkpoint::load_network`.
+    pub fn save_snapshot(&self) -> Result<PathBuf> {
+        let path = self
+            .run_dir
+            .join(format!("network-snapshot-{:010}.safetensors", self.nimg));
+        let spec = self.network_spec();
+        let precond = PrecondSpec {
+            process: self.cfg.precond.process.as_str().to_string(),
+            sigma_data: self.cfg.precond.sigma_data,
+        };
+        let tensors = self.ema_network_tensors()?;
         let extra = [
             ("lossfloor.train.nimg".to_string(), self.nimg.to_string()),
             ("lossfloor.train.step".to_string(), self.step.to_string()),
@@ -493,8 +505,9 @@ impl Trainer {
     }
 
     /// Draws a grid of `[sample] seeds` with the EMA weights (EDM Heun, `steps` steps) and
-    /// writes it to `samples-NNNNNNNNNN.png`. The training weights are swapped out and
-    /// restored bit for bit; no training RNG stream is touched.
+    /// writes it to `samples-NNNNNNNNNN.png`. It samples from an inference copy of the
+    /// network built on the EMA tensors (no autograd graph, training weights untouched); no
+    /// training RNG stream is touched.
     pub fn save_samples(&self) -> Result<PathBuf> {
         use lossfloor_sampler::{
             one_hot, parse_seeds, sample, save_grid_png, to_uint8, HeunConfig, PrecondDenoiser,
@@ -504,54 +517,42 @@ impl Trainer {
         let (c, r) = self.net_cfg.input_shape();
         let label_dim = self.net_cfg.label_dim();
         let out_c = self.net_cfg.output_channels();
-        let saved: Vec<Tensor> = self
-            .vars
-            .iter()
-            .map(|v| v.as_tensor().copy())
-            .collect::<candle_core::Result<_>>()?;
-        for (v, e) in self.vars.iter().zip(&self.ema.tensors) {
-            v.set(e)?;
-        }
-        let result = (|| -> Result<Tensor> {
-            let dev = &self.device;
-            let mut rng = SeedRng::new(&seeds);
-            let latents = rng.randn(&[c, r, r], dev)?;
-            let labels = if label_dim > 0 {
-                Some(one_hot(&rng.class_labels(label_dim)?, label_dim, dev)?)
-            } else {
-                None
-            };
-            let net = &self.net;
-            let den = PrecondDenoiser::new(
-                self.cfg
-                    .precond
-                    .build()
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-                |x: &Tensor, c_noise: f64, y: Option<&Tensor>| {
-                    let n = x.dim(0)?;
-                    let noise = Tensor::full(c_noise as f32, n, x.device())?;
-                    let f = net
-                        .forward(x, &noise, y, None, false)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                    if f.dim(1)? > out_c {
-                        f.narrow(1, 0, out_c)
-                    } else {
-                        Ok(f)
-                    }
-                },
-            );
-            let hc = HeunConfig {
-                num_steps: self.cfg.sample.steps,
-                ..HeunConfig::default()
-            };
-            Ok(sample(&den, &latents, labels.as_ref(), &hc, &mut |s| {
-                rng.randn_like(s, dev)
-            })?)
-        })();
-        for (v, t) in self.vars.iter().zip(&saved) {
-            v.set(t)?;
-        }
-        let x = result?;
+        let net = self
+            .network_spec()
+            .build_inference(self.ema_network_tensors()?, &self.device)?;
+        let dev = &self.device;
+        let mut rng = SeedRng::new(&seeds);
+        let latents = rng.randn(&[c, r, r], dev)?;
+        let labels = if label_dim > 0 {
+            Some(one_hot(&rng.class_labels(label_dim)?, label_dim, dev)?)
+        } else {
+            None
+        };
+        let den = PrecondDenoiser::new(
+            self.cfg
+                .precond
+                .build()
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            |x: &Tensor, c_noise: f64, y: Option<&Tensor>| {
+                let n = x.dim(0)?;
+                let noise = Tensor::full(c_noise as f32, n, x.device())?;
+                let f = net
+                    .forward(x, &noise, y, None, false)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                if f.dim(1)? > out_c {
+                    f.narrow(1, 0, out_c)
+                } else {
+                    Ok(f)
+                }
+            },
+        );
+        let hc = HeunConfig {
+            num_steps: self.cfg.sample.steps,
+            ..HeunConfig::default()
+        };
+        let x = sample(&den, &latents, labels.as_ref(), &hc, &mut |s| {
+            rng.randn_like(s, dev)
+        })?;
         let path = self.run_dir.join(format!("samples-{:010}.png", self.nimg));
         let cols = (seeds.len() as f64).sqrt().ceil() as usize;
         save_grid_png(&path, &to_uint8(&x)?, cols.max(1))?;
