@@ -24,6 +24,7 @@ mod elem;
 mod group_norm;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
+pub mod optim;
 mod storage;
 pub use storage::cpu_kernels_apply;
 

@@ -8,6 +8,9 @@
 //! Usage: cargo bench -p lossfloor-train --bench step -- [--device cuda] [--batch 128]
 //!        [--repeats 5] [--sample-batch 256 (0: no sampling)] [--sample-repeats 2]
 //!        [--no-sync-phases]
+//!        cargo bench -p lossfloor-train --bench step -- [--device cuda] --optimizer [--repeats 5]
+//! (`--optimizer`: only the trainer's work after the backward pass: nan_to_num, gradient norm,
+//! Adam, EMA.)
 //!        cargo bench -p lossfloor-train --bench step -- --device cuda --probe BATCH
 //! (`--probe`: device memory after an inference forward, a tracked forward and its backward,
 //! and the time of one 256→256 3×3 convolution each way through candle's kernels, then
@@ -232,6 +235,39 @@ fn probe(device: &Device, batch: usize) {
     );
 }
 
+/// `--optimizer`: the trainer's work after the backward pass, on DDPM++'s 55.7 M weights
+/// with random gradients: nan_to_num of each gradient, the global gradient norm, Adam and the
+/// EMA update (lossfloor-train's `round`); median seconds of `repeats` after one warm-up.
+fn time_optimizer(vars: &[Var], device: &Device, repeats: usize) -> f64 {
+    let grads: Vec<Tensor> = vars
+        .iter()
+        .map(|v| Tensor::randn(0f32, 1e-3, v.shape(), device).unwrap())
+        .collect();
+    let mut adam = Adam::new(vars, &OptimizerConfig::default()).expect("Adam");
+    let mut ema = lossfloor_train::ema::Ema::new(vars).expect("EMA");
+    let mut once = || {
+        let g: Vec<Tensor> = grads
+            .iter()
+            .map(|g| lossfloor_train::adam::nan_to_num(g).unwrap())
+            .collect();
+        let norm = lossfloor_train::adam::global_norm(&g).unwrap();
+        adam.step(vars, &g, 1e-4).unwrap();
+        ema.update(vars, 0.999).unwrap();
+        sync(vars[0].as_tensor());
+        norm
+    };
+    once();
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                once();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
 fn main() {
     // As the lossfloor binary does (lossfloor_ops::alloc).
     lossfloor_ops::keep_freed_memory();
@@ -264,6 +300,14 @@ fn main() {
     // Wait for the GPU after the forward and backward passes of every step, as the trainer
     // does (without, memory grows step by step: see lossfloor-train's `round`).
     // --no-sync-phases measures without.
+    if std::env::args().any(|a| a == "--optimizer") {
+        let s = time_optimizer(&vars, &device, repeats);
+        println!(
+            "{{\"params\": {params}, \"tensors\": {}, \"optimizer_s\": {s:.4}}}",
+            vars.len()
+        );
+        return;
+    }
     let sync_phases = !std::env::args().any(|a| a == "--no-sync-phases");
     let step_s = time_train_steps(sync_phases, &net, &vars, &mut adam, &device, batch, repeats)
         .unwrap_or_else(|e| {
