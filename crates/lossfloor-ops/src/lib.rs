@@ -25,6 +25,8 @@ mod group_norm;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
 pub mod optim;
+#[cfg(feature = "cuda")]
+mod optim_cuda;
 mod storage;
 pub use storage::cpu_kernels_apply;
 

@@ -14,14 +14,28 @@
 //!            (d = 1 − lr·weight_decay, α = lr / (1 − β₁ᵗ))
 //!   e      ← (e − θ)·β + θ             (EMA)                            [`lerp_toward`]
 //!
-//! Every function takes CPU tensors of one dtype (f32 or f64); callers check
-//! [`crate::cpu_kernels_apply`] and keep their composed form for other devices.
+//! Every function takes CPU tensors of one dtype (f32 or f64) or, with the `cuda` feature,
+//! CUDA f32 tensors (`optim_cuda.rs`, the same formulas); callers check [`kernels_apply`]
+//! and keep their composed form otherwise.
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
 const TASK: usize = 1 << 15;
+
+/// Whether these kernels take `tensors`: CPU f32/f64 of one dtype, or CUDA f32 with the
+/// `cuda` feature.
+pub fn kernels_apply(tensors: &[&Tensor]) -> bool {
+    crate::cpu_kernels_apply(tensors)
+        || (cfg!(feature = "cuda")
+            && tensors
+                .iter()
+                .all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32)
+            && tensors
+                .windows(2)
+                .all(|w| w[0].device().same_device(w[1].device())))
+}
 
 /// EDM's `torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)` of one value.
 fn sanitize(g: f64) -> f64 {
@@ -70,6 +84,14 @@ impl CustomOp1 for NanToNum {
         )?;
         Ok((out, l.shape().clone()))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::optim_cuda::nan_to_num(s, l)
+    }
 }
 
 /// ĝ = nan_to_num(g) (a new tensor, no autograd).
@@ -102,14 +124,23 @@ impl CustomOp1 for SumSquares {
         // Chunk sums added in chunk order, so the result does not depend on the threads.
         Ok((CpuStorage::F64(vec![sum.iter().sum()]), Shape::from(1)))
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::optim_cuda::sum_squares(s, l)
+    }
 }
 
-/// Σ g² over all elements, accumulated in f64.
+/// Σ g² over all elements, accumulated in f64 (partial sums added in a fixed order).
 pub fn sum_squares(g: &Tensor) -> Result<f64> {
-    g.contiguous()?
+    let partial = g
+        .contiguous()?
         .apply_op1_no_bwd(&SumSquares)?
-        .to_vec1::<f64>()
-        .map(|v| v[0])
+        .to_vec1::<f64>()?;
+    Ok(partial.iter().sum())
 }
 
 /// Runs `f(chunk of dst, matching chunks of the sources)` over parallel chunks.
@@ -196,6 +227,16 @@ impl InplaceOp2 for Moment {
         }
         Ok(())
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::optim_cuda::moment((s1, l1), (s2, l2), self.beta, self.square)
+    }
 }
 
 /// Adam's moments in place: m ← β₁·m + (1 − β₁)·g and v ← β₂·v + (1 − β₂)·g².
@@ -262,6 +303,19 @@ impl InplaceOp3 for Weights {
         }
         Ok(())
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let p = [self.decay, self.step_size, self.inv_bc2_sqrt, self.eps];
+        crate::optim_cuda::weights((s1, l1), (s2, l2), (s3, l3), p)
+    }
 }
 
 /// Adam's weight update in place: θ ← d·θ − α·m / (√v·k + ε) with d = 1 − lr·weight_decay,
@@ -324,6 +378,16 @@ impl InplaceOp2 for Lerp {
             }
         }
         Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::optim_cuda::lerp((s1, l1), (s2, l2), self.beta)
     }
 }
 
