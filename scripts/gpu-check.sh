@@ -91,6 +91,7 @@ echo "PyTorch peak GPU memory: $(peak_mem "$OUT/mem-torch.log") MiB" | tee -a "$
 # 256→256 3×3 convolution timed each way through both routes at batch 32.
 LOSSFLOOR_CUDA_CONV=candle "$DIST/bench-step" --device cuda --batch $B --repeats 5 --sample-batch 0 \
     >"$OUT/step-ours-candle-conv.json" 2>>"$OUT/step-ours.err" || echo "gpu-check: the step with candle's convolution failed" >&2
+"$DIST/bench-step" --device cuda --optimizer --repeats 5 | tee "$OUT/optimizer.json"
 "$DIST/bench-step" --device cuda --probe 32 | tee "$OUT/probe-cudnn.json"
 LOSSFLOOR_CUDA_CONV=candle "$DIST/bench-step" --device cuda --probe 32 | tee "$OUT/probe-candle-conv.json"
 if [ "$B" != 128 ]; then
@@ -132,6 +133,11 @@ try:
     print(f"| … lossfloor with candle's conv2d backward (LOSSFLOOR_CUDA_CONV=candle): img/s | {alt['train_step_img_s']:.0f} | | {alt['train_step_img_s'] / torch_['train_step_img_s']:.2f} |")
 except Exception as e:
     print(f"(no figure with candle's convolution: {e})")
+try:
+    opt = json.load(open(os.path.join(out, "optimizer.json")))
+    print(f"| trainer work after the backward pass (nan_to_num, norm, Adam, EMA; bench-step --optimizer): ms per step | {opt['optimizer_s'] * 1e3:.1f} | | |")
+except Exception as e:
+    print(f"(no optimizer figure: {e})")
 t128 = os.path.join(out, "step-torch-128.json")
 if os.path.exists(t128):
     print(f"| PyTorch alone at batch 128: training step img/s | | {json.load(open(t128))['train_step_img_s']:.0f} | |")

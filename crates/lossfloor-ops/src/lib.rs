@@ -4,10 +4,10 @@
 //! candle's CPU convolution backward goes through a direct-loop `conv_transpose2d`, and its
 //! GroupNorm is ~20 unfused single-threaded element-wise ops. The ops here compute the same
 //! functions with GEMM-based kernels (im2col / col2im on the `gemm` crate) and fused,
-//! parallel loops. With the `cuda` feature, GroupNorm(+SiLU) and dropout also have CUDA
-//! kernels (NVRTC), and with `cudnn` every convolution pass goes through cuDNN. On any other
-//! device, or dtype, the ops fall back to plain candle ops, so networks can call them
-//! unconditionally.
+//! parallel loops; `optim` updates the optimizer state in place. With the `cuda` feature,
+//! GroupNorm(+SiLU), dropout and the optimizer updates also have CUDA kernels (NVRTC), and
+//! with `cudnn` every convolution pass goes through cuDNN. On any other device, or dtype, the
+//! network ops fall back to plain candle ops, so networks can call them unconditionally.
 
 pub mod alloc;
 mod attention;
