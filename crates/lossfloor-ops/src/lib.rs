@@ -15,7 +15,7 @@ mod conv;
 #[cfg(feature = "cudnn")]
 mod conv_cudnn;
 #[cfg(feature = "cuda")]
-mod cuda_util;
+pub mod cuda_util;
 pub mod device;
 mod dropout;
 #[cfg(feature = "cuda")]

@@ -10,13 +10,16 @@
 //!   numbers: ⟨x̂, x_n⟩ = ⟨x_src, x_n⟩ + σ̂⟨ε, x_n⟩ for every σ̂);
 //! - per σ̂, the logits ℓ_qn = (G_src + σ̂ G_ε − ½‖x_n‖²)/σ̂² (the −‖x̂‖²/2σ̂² term is the
 //!   same for every n and cancels in the softmax), an online softmax across chunks (running
-//!   max m, Σp, Σp‖x_n‖²) and the weighted-sum GEMM Σ_n p_qn x_n.
+//!   max m, Σp, Σp‖x_n‖²) and the weighted-sum GEMM Σ_n p_qn x_n. The logits-to-p step is
+//!   one op ([`crate::chunk_softmax`]; a CUDA kernel on the GPU) unless
+//!   `LOSSFLOOR_CUDA_ESTIMATOR=composed` asks for candle ops.
 //!
 //! Per query it returns (Σp‖x‖²/Σp − ‖Σp x/Σp‖²)/D, the posterior variance per dimension.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+use crate::chunk_softmax::ChunkPieces;
 use crate::exact::draw_queries;
 use crate::source::RowSource;
 use crate::stats::{mean_stderr, MeanStderr};
@@ -115,13 +118,15 @@ pub fn estimate_exact_on_device(
 ) -> CandleResult<Vec<MeanStderr>> {
     let tile = DEVICE_QUERY_TILE.min(queries.max(1));
     let chunk_rows = (BLOCK_ELEMENTS / tile).max(1024);
+    let fused = crate::chunk_softmax::fused_enabled();
     estimate_exact_on_device_tiled(
-        data, sigmas, queries, seed, device, tile, chunk_rows, progress,
+        data, sigmas, queries, seed, device, tile, chunk_rows, fused, progress,
     )
 }
 
 /// [`estimate_exact_on_device`] with explicit tile and chunk sizes (tests use small ones so
-/// that the online rescaling across chunks runs on small data).
+/// that the online rescaling across chunks runs on small data), and the choice between the
+/// fused chunk-softmax op and its composed form.
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn estimate_exact_on_device_tiled(
@@ -132,6 +137,7 @@ pub fn estimate_exact_on_device_tiled(
     device: &Device,
     tile: usize,
     chunk_rows: usize,
+    fused: bool,
     progress: &(dyn Fn(usize) + Sync),
 ) -> CandleResult<Vec<MeanStderr>> {
     let (n, d) = (data.num_rows(), data.row_dim());
@@ -144,7 +150,7 @@ pub fn estimate_exact_on_device_tiled(
         let (src, noise) = draw_queries(data, &resident.mean, seed, start, t);
         let src = Tensor::from_vec(src, (t, d), device)?;
         let noise = Tensor::from_vec(noise, (t, d), device)?;
-        let per_sigma = tile_variances(&resident, &src, &noise, sigmas)?;
+        let per_sigma = tile_variances(&resident, &src, &noise, sigmas, fused)?;
         for (k, v) in per_sigma.into_iter().enumerate() {
             values[k].extend(v);
         }
@@ -153,12 +159,15 @@ pub fn estimate_exact_on_device_tiled(
     Ok(values.iter().map(|v| mean_stderr(v)).collect())
 }
 
-/// Posterior variance per dimension of each query of the tile, per σ̂: `[k][q]`.
+/// Posterior variance per dimension of each query of the tile, per σ̂: `[k][q]`. With
+/// `fused`, each chunk's softmax step is one op ([`crate::chunk_softmax`]); otherwise it is
+/// composed of candle ops (same values up to float32 rounding).
 fn tile_variances(
     data: &DeviceData,
     src: &Tensor,
     noise: &Tensor,
     sigmas: &[f64],
+    fused: bool,
 ) -> CandleResult<Vec<Vec<f64>>> {
     let t = src.dim(0)?;
     let lhs = Tensor::cat(&[src, noise], 0)?;
@@ -166,14 +175,24 @@ fn tile_variances(
     for (rows, sq) in &data.chunks {
         // [G_src; G_ε] = [X_src; E]·X_cᵀ, shared by every σ̂.
         let dots = lhs.matmul(&rows.t()?)?;
-        let g_src = dots.narrow(0, 0, t)?;
-        let g_noise = dots.narrow(0, t, t)?;
         let half_sq_row = sq.t()?.affine(0.5, 0.0)?;
+        let norms = if fused {
+            Some(Tensor::cat(&[&half_sq_row, &sq.t()?], 0)?)
+        } else {
+            None
+        };
         for (k, &sigma) in sigmas.iter().enumerate() {
-            let logits = (&g_src + g_noise.affine(sigma, 0.0)?)?
-                .broadcast_sub(&half_sq_row)?
-                .affine(1.0 / (sigma * sigma), 0.0)?;
-            running[k] = Some(online_softmax_step(running[k].take(), &logits, rows, sq)?);
+            let old = running[k].take();
+            let pieces = match &norms {
+                Some(norms) => crate::chunk_softmax::chunk_softmax(
+                    &dots,
+                    norms,
+                    old.as_ref().map(|r| &r.max),
+                    sigma,
+                )?,
+                None => composed_pieces(&dots, t, &half_sq_row, sq, sigma, old.as_ref())?,
+            };
+            running[k] = Some(fold_chunk(old, pieces, rows)?);
         }
     }
     running
@@ -182,37 +201,53 @@ fn tile_variances(
         .collect()
 }
 
-/// Folds one chunk's logits into the running softmax sums (rescaling the old sums to the new
-/// running maximum, so no exponential overflows).
-fn online_softmax_step(
-    old: Option<Running>,
-    logits: &Tensor,
-    rows: &Tensor,
+/// [`crate::chunk_softmax::chunk_softmax`] composed of candle ops: the logits
+/// ℓ = (G_src + σ̂G_ε − ½‖x‖²)/σ̂², the new running maximum, p = exp(ℓ − max), Σp, Σp‖x‖².
+fn composed_pieces(
+    dots: &Tensor,
+    t: usize,
+    half_sq_row: &Tensor,
     sq: &Tensor,
-) -> CandleResult<Running> {
+    sigma: f64,
+    old: Option<&Running>,
+) -> CandleResult<ChunkPieces> {
+    let g_src = dots.narrow(0, 0, t)?;
+    let g_noise = dots.narrow(0, t, t)?;
+    let logits = (&g_src + g_noise.affine(sigma, 0.0)?)?
+        .broadcast_sub(half_sq_row)?
+        .affine(1.0 / (sigma * sigma), 0.0)?;
     let chunk_max = logits.max_keepdim(1)?;
-    let new_max = match &old {
+    let max = match old {
         Some(r) => r.max.maximum(&chunk_max)?,
         None => chunk_max,
     };
-    let p = logits.broadcast_sub(&new_max)?.exp()?;
-    let sum = p.sum_keepdim(1)?;
-    let second = p.matmul(sq)?;
-    let weighted = p.matmul(rows)?;
+    let p = logits.broadcast_sub(&max)?.exp()?;
+    Ok(ChunkPieces {
+        sum: p.sum_keepdim(1)?,
+        second: p.matmul(sq)?,
+        p,
+        max,
+    })
+}
+
+/// Folds one chunk's softmax pieces into the running sums (rescaling the old sums to the new
+/// running maximum, so no exponential overflows); the weighted sum Σp x is a GEMM.
+fn fold_chunk(old: Option<Running>, c: ChunkPieces, rows: &Tensor) -> CandleResult<Running> {
+    let weighted = c.p.matmul(rows)?;
     Ok(match old {
         None => Running {
-            max: new_max,
-            sum,
-            second,
+            max: c.max,
+            sum: c.sum,
+            second: c.second,
             weighted,
         },
         Some(r) => {
-            let scale = (r.max - &new_max)?.exp()?;
+            let scale = (r.max - &c.max)?.exp()?;
             Running {
-                sum: ((r.sum * &scale)? + sum)?,
-                second: ((r.second * &scale)? + second)?,
+                sum: ((r.sum * &scale)? + c.sum)?,
+                second: ((r.second * &scale)? + c.second)?,
                 weighted: (r.weighted.broadcast_mul(&scale)? + weighted)?,
-                max: new_max,
+                max: c.max,
             }
         }
     })

@@ -9,6 +9,7 @@
 //! rows enter that softmax ([`Method`]); all report J* per dimension (mean over dimensions,
 //! like EDM's `Loss/loss`) with a Monte-Carlo standard error. See `docs/optimal-loss.md`.
 
+mod chunk_softmax;
 mod curve;
 mod device_exact;
 mod draws;

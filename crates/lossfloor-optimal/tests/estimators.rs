@@ -90,12 +90,36 @@ fn device_exact_matches_float64_brute_force() {
     let data = clustered(700, 9, 1);
     let sigmas = [0.01, 0.05, 0.2, 0.5, 1.0, 3.0, 30.0];
     let dev = candle_core::Device::Cpu;
-    let got = estimate_exact_on_device_tiled(&data, &sigmas, 300, 7, &dev, 128, 256, &no_progress)
-        .unwrap();
-    let fused = estimate_exact(&data, &sigmas, 300, 7, &no_progress);
+    let cpu_kernel = estimate_exact(&data, &sigmas, 300, 7, &no_progress);
     let var = per_dim_variance(&data);
-    for ((&s, g), f) in sigmas.iter().zip(&got).zip(&fused) {
-        let want = brute_force_exact(&data, s, 300, 7);
+    // The fused chunk-softmax op and its composed form; 700 rows in chunks of 256, so the
+    // running maximum is rescaled across chunks.
+    for fused in [true, false] {
+        let got = estimate_exact_on_device_tiled(
+            &data,
+            &sigmas,
+            300,
+            7,
+            &dev,
+            128,
+            256,
+            fused,
+            &no_progress,
+        )
+        .unwrap();
+        check_device_estimate(&data, &sigmas, &got, &cpu_kernel, var);
+    }
+}
+
+fn check_device_estimate(
+    data: &DenseRows,
+    sigmas: &[f64],
+    got: &[lossfloor_optimal::MeanStderr],
+    cpu_kernel: &[lossfloor_optimal::MeanStderr],
+    var: f64,
+) {
+    for ((&s, g), f) in sigmas.iter().zip(got).zip(cpu_kernel) {
+        let want = brute_force_exact(data, s, 300, 7);
         let tol = 1e-6 * want.abs() + 2e-6 * var;
         assert!(
             (g.mean - want).abs() <= tol,
