@@ -59,6 +59,8 @@ sed -n 's/^estimated .* in \([0-9.]*\)s$/\1/p' "$OUT/estimate-quarter.err" >"$OU
 # (crates/lossfloor-optimal/benches/exact_device.rs; pixel-like data of the same shape).
 "$DIST/bench-estimator" --device cuda --n "$EST_N" --d 3072 --queries "$EST_QUERIES" --k "$EST_K" --repeats 3 \
     | tee "$OUT/estimator-ours-warm.json"
+LOSSFLOOR_CUDA_ESTIMATOR=composed "$DIST/bench-estimator" --device cuda --n "$EST_N" --d 3072 \
+    --queries "$EST_QUERIES" --k "$EST_K" --repeats 3 | tee "$OUT/estimator-ours-warm-composed.json"
 $PY scripts/bench_estimator_torch.py "$DATA" "$EST_QUERIES" 0.002 80 "$EST_K" 3 | tee "$OUT/estimator-torch.json"
 
 echo "== 2b/2c. DDPM++ training step and Heun sampling"
@@ -119,6 +121,8 @@ try:
     warm = json.load(open(os.path.join(out, "estimator-ours-warm.json")))
     print(f"| … lossfloor in one warm process (bench-estimator): wall s; executed GFLOP/s (share) | {warm['wall_s']:.2f}; {warm['gflops']:,.0f} ({warm['gflops'] / peak:.0%}) | {t_torch:.2f} | {t_torch / warm['wall_s']:.2f}× speed |")
     print(f"| … the same without its data upload ({warm['upload_s']:.2f} s; PyTorch uploads before timing) | {warm['gflops_without_upload']:,.0f} ({warm['gflops_without_upload'] / peak:.0%}) | | |")
+    comp = json.load(open(os.path.join(out, "estimator-ours-warm-composed.json")))
+    print(f"| … the same with the composed softmax step (LOSSFLOOR_CUDA_ESTIMATOR=composed): wall s | {comp['wall_s']:.2f} | | |")
 except Exception as e:
     print(f"(no warm-process estimator figure: {e})")
 try:
