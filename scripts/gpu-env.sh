@@ -13,3 +13,6 @@ for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libc
     libdirs="$libdirs:$(dirname "$f")"
 done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# float32 stays float32: no TF32 tensor-core math in cuBLAS or cuDNN (candle's own cuDNN
+# convolution sets no math type, and PyTorch's reference turns TF32 off too).
+export NVIDIA_TF32_OVERRIDE=0

@@ -413,16 +413,23 @@ fn fused_group_norm_agrees() {
 /// `lossfloor_ops::conv2d` on CUDA (cuDNN with the `cudnn` feature, candle's kernels
 /// without) against the CPU GEMM kernels: output, dx and dW, for the shapes the networks use
 /// (3×3 same-padding, 3×3 stride 2, 1×1, a 7×7 stem-like kernel, odd sizes), plus bias.
-/// Both sides are float32 FMA (cuDNN with CUDNN_FMA_MATH, no TF32), so the only difference is
-/// summation order over C_in·k² ≤ 1,152 terms: rel. L2 < 1e-5.
+/// Both sides are float32 FMA (cuDNN with CUDNN_FMA_MATH, no TF32), so the differences are
+/// summation order over C_in·k² ≤ 1,152 terms (~1e-6) and, if cuDNN picks a Winograd or FFT
+/// algorithm, its transform rounding: rel. L2 < 5e-5.
 #[test]
 fn convolution_agrees_each_way() {
+    assert!(
+        std::env::var_os("LOSSFLOOR_CUDA_CONV").is_none(),
+        "unset LOSSFLOOR_CUDA_CONV: this test checks the cuDNN route"
+    );
     for (n, c_in, c_out, h, w, k, stride, pad) in [
         (4, 16, 24, 12, 12, 3, 1, 1),
         (3, 8, 16, 11, 9, 3, 2, 1),
         (2, 32, 8, 8, 8, 1, 1, 0),
         (2, 3, 12, 17, 17, 7, 2, 3),
         (5, 128, 64, 6, 6, 3, 1, 1),
+        // DDPM++'s downsampling shape: even size, 3×3, stride 2, pad 1 (32 + 2 − 3 is odd).
+        (2, 16, 24, 16, 16, 3, 2, 1),
     ] {
         let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &Device::Cpu).unwrap();
         let wt = Tensor::randn(0f32, 0.2, (c_out, c_in, k, k), &Device::Cpu).unwrap();
@@ -443,7 +450,7 @@ fn convolution_agrees_each_way() {
         for (what, (u, v)) in ["y", "dx", "dW"].iter().zip(cpu.iter().zip(&cuda)) {
             let e = rel_l2(v, u);
             assert!(
-                e < 1e-5,
+                e < 5e-5,
                 "conv {n}×{c_in}×{h}×{w} → {c_out}, k={k} s={stride} p={pad}, {what}: relative L2 difference {e:.2e}"
             );
         }
@@ -454,11 +461,13 @@ fn convolution_agrees_each_way() {
 /// index, `lossfloor_ops::dropout`), so value and gradient agree bit for bit.
 #[test]
 fn dropout_is_the_same_on_both_devices() {
-    let x = Tensor::randn(0f32, 1.0, (3, 64, 17, 19), &Device::Cpu).unwrap();
-    let r = Tensor::randn(0f32, 1.0, (3, 64, 17, 19), &Device::Cpu).unwrap();
+    // Over 2²⁴ elements, so the kernel's grid-stride loop runs more than once per thread; the
+    // input is a narrowed view, so its storage starts at an offset.
+    let x = Tensor::randn(0f32, 1.0, (5, 64, 256, 257), &Device::Cpu).unwrap();
+    let r = Tensor::randn(0f32, 1.0, (4, 64, 256, 257), &Device::Cpu).unwrap();
     let run = |device: &Device| {
         let xv = candle_core::Var::from_tensor(&x.to_device(device).unwrap()).unwrap();
-        let y = lossfloor_ops::dropout(&xv, 0xDEAD_BEEF, 0.13).unwrap();
+        let y = lossfloor_ops::dropout(&xv.narrow(0, 1, 4).unwrap(), 0xDEAD_BEEF, 0.13).unwrap();
         let g = (&y * r.to_device(device).unwrap())
             .unwrap()
             .sum_all()
@@ -522,6 +531,16 @@ fn optimizer_kernels_agree() {
         optim::sum_squares(&clean_gpu).unwrap(),
     );
     assert!((a - b).abs() <= 1e-12 * a, "sum of squares {a} vs {b}");
+    // The same on finite values only, where the ±10⁵ entries do not dominate the sum.
+    let finite = Tensor::randn(0f32, 0.01, n, &Device::Cpu).unwrap();
+    let (a, b) = (
+        optim::sum_squares(&finite).unwrap(),
+        optim::sum_squares(&finite.to_device(&gpu()).unwrap()).unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-12 * a,
+        "sum of squares (finite) {a} vs {b}"
+    );
 
     let theta0 = Tensor::randn(0f32, 0.3, n, &Device::Cpu).unwrap();
     let run = |device: &Device| {
@@ -549,12 +568,24 @@ fn optimizer_kernels_agree() {
     for (what, (u, v)) in ["θ", "m", "v", "EMA"].iter().zip(cpu.iter().zip(&cuda)) {
         let u: Vec<f32> = u.to_vec1().unwrap();
         let v: Vec<f32> = v.to_device(&Device::Cpu).unwrap().to_vec1().unwrap();
-        let scale = u.iter().fold(0f32, |s, x| s.max(x.abs()));
-        let worst = u
-            .iter()
-            .zip(&v)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(worst <= 1e-6 * scale, "{what}: {worst} of {scale}");
+        if matches!(*what, "m" | "v") {
+            // Sums of same-sign terms (the gradient keeps its sign over the three steps):
+            // element by element, relative.
+            for (i, (p, q)) in u.iter().zip(&v).enumerate() {
+                assert!(
+                    (p - q).abs() <= 2e-6 * p.abs() + 1e-30,
+                    "{what}[{i}]: CPU {p}, CUDA {q}"
+                );
+            }
+        } else {
+            // θ and the EMA can cancel to near 0: relative to their largest value.
+            let scale = u.iter().fold(0f32, |s, x| s.max(x.abs()));
+            let worst = u
+                .iter()
+                .zip(&v)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6 * scale, "{what}: {worst} of {scale}");
+        }
     }
 }

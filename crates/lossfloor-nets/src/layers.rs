@@ -244,7 +244,7 @@ impl Resample {
             Resample::Box => Ok(lossfloor_ops::downsample2x_box(x)?),
             Resample::Fir { kernel, .. } => {
                 let (n, c, h, w) = x.dims4()?;
-                let y = x.reshape((n * c, 1, h, w))?.conv2d(kernel, pad, 2, 1, 1)?;
+                let y = lossfloor_ops::conv2d(&x.reshape((n * c, 1, h, w))?, kernel, None, 2, pad)?;
                 let (_, _, ho, wo) = y.dims4()?;
                 Ok(y.reshape((n, c, ho, wo))?)
             }

@@ -10,7 +10,9 @@
 //! float32 runs with `CUDNN_FMA_MATH`, i.e. without TF32 tensor cores, so CUDA results stay
 //! within float32 rounding of the CPU kernels (PyTorch's reference runs with TF32 off too).
 //! The algorithm of each pass is cuDNN's first heuristic choice, as PyTorch's is with
-//! `cudnn.benchmark = False`.
+//! `cudnn.benchmark = False`, cached per shape; when its workspace cannot be allocated, a
+//! workspace-free algorithm runs instead. Some of cuDNN's backward algorithms accumulate with
+//! atomics, so GPU runs are not bit-reproducible (the CPU ones are).
 //!
 //! `LOSSFLOOR_CUDA_CONV=candle` in the environment switches back to candle's `conv2d` at run
 //! time, so the two can be compared on a GPU machine (which has no Rust toolchain) without
@@ -24,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cudnn::{self, sys, Cudnn, CudnnDataType};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
 
@@ -159,9 +161,71 @@ impl<T: CudnnDataType> Descriptors<T> {
     }
 }
 
-/// A workspace of `bytes` (at least one byte, so that one code path serves every algorithm).
+/// A workspace of `bytes` (at least one byte, so that one code path serves every algorithm);
+/// uninitialised, as cuDNN only uses it as scratch.
 fn workspace(dev: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    dev.alloc_zeros::<u8>(bytes.max(1))
+    // SAFETY: cuDNN writes the workspace before reading it.
+    unsafe { dev.alloc::<u8>(bytes.max(1)) }
+}
+
+/// An output of `n` elements, uninitialised: every pass runs with β = 0, so cuDNN writes
+/// every element without reading it.
+fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: see above.
+    unsafe { dev.alloc::<T>(n) }
+}
+
+/// The chosen algorithm of one pass.
+#[derive(Debug, Clone, Copy)]
+enum Algo {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    Data(sys::cudnnConvolutionBwdDataAlgo_t),
+    Filter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+/// What an algorithm choice depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    device: DeviceId,
+    pass: u8,
+    dtype: DType,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    pad: usize,
+}
+
+thread_local! {
+    // cuDNN's heuristic query costs host time on every call; PyTorch also caches its answer
+    // per shape.
+    static ALGOS: RefCell<HashMap<Key, Algo>> = RefCell::new(HashMap::new());
+}
+
+/// The cached algorithm for `key`, or `pick()`'s answer, then cached.
+fn cached(key: Key, pick: impl FnOnce() -> Result<Algo>) -> Result<Algo> {
+    if let Some(a) = ALGOS.with(|m| m.borrow().get(&key).copied()) {
+        return Ok(a);
+    }
+    let a = pick()?;
+    ALGOS.with(|m| m.borrow_mut().insert(key, a));
+    Ok(a)
+}
+
+/// `algo` with its workspace, or, when that workspace cannot be allocated, `fallback` (an
+/// algorithm that needs little or none) with its own.
+fn with_workspace<A: Copy>(
+    dev: &CudaDevice,
+    algo: A,
+    fallback: A,
+    size: impl Fn(A) -> std::result::Result<usize, cudnn::CudnnError>,
+    what: &str,
+) -> Result<(A, CudaSlice<u8>)> {
+    let bytes = size(algo).map_err(|e| err(what, e))?;
+    if let Ok(ws) = workspace(dev, bytes) {
+        return Ok((algo, ws));
+    }
+    let bytes = size(fallback).map_err(|e| err(what, e))?;
+    Ok((fallback, workspace(dev, bytes)?))
 }
 
 /// Runs `pass` on the two inputs of the conv op (see [`CudnnPass`] for which they are).
@@ -190,73 +254,111 @@ fn run_typed<T>(
     alpha_beta: (T, T),
 ) -> Result<(CudaStorage, Shape)>
 where
-    T: CudnnDataType + CudaDType + DeviceRepr + ValidAsZeroBits,
+    T: CudnnDataType + CudaDType + DeviceRepr,
 {
     let dev = a.0.device.clone();
     let c = handle(&dev)?;
     let (av, bv) = (view::<T>(a.0, a.1)?, view::<T>(b.0, b.1)?);
+    // x and w of the convolution, whichever pass this is.
+    let (x_shape, w_shape) = match pass {
+        CudnnPass::Forward => (dims4(a.1)?, dims4(b.1)?),
+        CudnnPass::GradInput(x) => (x, dims4(b.1)?),
+        CudnnPass::GradWeight(w) => (dims4(b.1)?, w),
+    };
+    let (d, y_shape) = Descriptors::<T>::new(&c, x_shape, w_shape, stride, pad)?;
+    if !matches!(pass, CudnnPass::Forward) {
+        check_dy(a.1, y_shape)?;
+    }
+    let key = |pass: u8| Key {
+        device: dev.id(),
+        pass,
+        dtype: a.0.dtype(),
+        x: x_shape,
+        w: w_shape,
+        stride,
+        pad,
+    };
     let (out, shape) = match pass {
         CudnnPass::Forward => {
-            let (d, y_shape) = Descriptors::<T>::new(&c, dims4(a.1)?, dims4(b.1)?, stride, pad)?;
             let op = cudnn::ConvForward {
                 conv: &d.conv,
                 x: &d.x,
                 w: &d.w,
                 y: &d.y,
             };
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("forward algorithm", e))?;
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| err("forward workspace", e))?;
-            let mut ws = workspace(&dev, bytes)?;
-            let mut y = dev.alloc_zeros::<T>(y_shape.iter().product())?;
+            let Algo::Forward(algo) = cached(key(0), || {
+                op.pick_algorithm()
+                    .map(Algo::Forward)
+                    .map_err(|e| err("forward algorithm", e))
+            })?
+            else {
+                unreachable!("forward keys hold forward algorithms")
+            };
+            let (algo, mut ws) = with_workspace(
+                &dev,
+                algo,
+                sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                |a| op.get_workspace_size(a),
+                "forward workspace",
+            )?;
+            let mut y = output::<T>(&dev, y_shape.iter().product())?;
             // SAFETY: the descriptors were built from these tensors' shapes, and the views
             // and the output hold exactly that many contiguous elements.
             unsafe { op.launch(algo, Some(&mut ws), alpha_beta, &av, &bv, &mut y) }
                 .map_err(|e| err("forward", e))?;
             (y, y_shape)
         }
-        CudnnPass::GradInput(x_shape) => {
-            let (d, y_shape) = Descriptors::<T>::new(&c, x_shape, dims4(b.1)?, stride, pad)?;
-            check_dy(a.1, y_shape)?;
+        CudnnPass::GradInput(_) => {
             let op = cudnn::ConvBackwardData {
                 conv: &d.conv,
                 dx: &d.x,
                 w: &d.w,
                 dy: &d.y,
             };
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("input-gradient algorithm", e))?;
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| err("input-gradient workspace", e))?;
-            let mut ws = workspace(&dev, bytes)?;
-            let mut dx = dev.alloc_zeros::<T>(x_shape.iter().product())?;
+            let Algo::Data(algo) = cached(key(1), || {
+                op.pick_algorithm()
+                    .map(Algo::Data)
+                    .map_err(|e| err("input-gradient algorithm", e))
+            })?
+            else {
+                unreachable!("input-gradient keys hold backward-data algorithms")
+            };
+            let (algo, mut ws) = with_workspace(
+                &dev,
+                algo,
+                sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+                |a| op.get_workspace_size(a),
+                "input-gradient workspace",
+            )?;
+            let mut dx = output::<T>(&dev, x_shape.iter().product())?;
             // SAFETY: as in the forward pass; dy (a) has the output's shape, checked above.
             unsafe { op.launch(algo, Some(&mut ws), alpha_beta, &mut dx, &bv, &av) }
                 .map_err(|e| err("input gradient", e))?;
             (dx, x_shape)
         }
-        CudnnPass::GradWeight(w_shape) => {
-            let (d, y_shape) = Descriptors::<T>::new(&c, dims4(b.1)?, w_shape, stride, pad)?;
-            check_dy(a.1, y_shape)?;
+        CudnnPass::GradWeight(_) => {
             let op = cudnn::ConvBackwardFilter {
                 conv: &d.conv,
                 x: &d.x,
                 dw: &d.w,
                 dy: &d.y,
             };
-            let algo = op
-                .pick_algorithm()
-                .map_err(|e| err("weight-gradient algorithm", e))?;
-            let bytes = op
-                .get_workspace_size(algo)
-                .map_err(|e| err("weight-gradient workspace", e))?;
-            let mut ws = workspace(&dev, bytes)?;
-            let mut dw = dev.alloc_zeros::<T>(w_shape.iter().product())?;
+            let Algo::Filter(algo) = cached(key(2), || {
+                op.pick_algorithm()
+                    .map(Algo::Filter)
+                    .map_err(|e| err("weight-gradient algorithm", e))
+            })?
+            else {
+                unreachable!("weight-gradient keys hold backward-filter algorithms")
+            };
+            let (algo, mut ws) = with_workspace(
+                &dev,
+                algo,
+                sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                |a| op.get_workspace_size(a),
+                "weight-gradient workspace",
+            )?;
+            let mut dw = output::<T>(&dev, w_shape.iter().product())?;
             // SAFETY: as in the forward pass; dy (a) has the output's shape, checked above.
             unsafe { op.launch(algo, Some(&mut ws), alpha_beta, &bv, &mut dw, &av) }
                 .map_err(|e| err("weight gradient", e))?;

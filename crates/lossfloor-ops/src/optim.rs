@@ -136,11 +136,21 @@ impl CustomOp1 for SumSquares {
 
 /// Σ g² over all elements, accumulated in f64 (partial sums added in a fixed order).
 pub fn sum_squares(g: &Tensor) -> Result<f64> {
-    let partial = g
-        .contiguous()?
-        .apply_op1_no_bwd(&SumSquares)?
-        .to_vec1::<f64>()?;
-    Ok(partial.iter().sum())
+    sum_squares_all(std::slice::from_ref(g))
+}
+
+/// Σ g² over all elements of all `tensors` (one device), in f64: the partial sums of every
+/// tensor come back to the host in one copy (one wait for the device, not one per tensor)
+/// and are added in order.
+pub fn sum_squares_all(tensors: &[Tensor]) -> Result<f64> {
+    let partials = tensors
+        .iter()
+        .map(|g| g.contiguous()?.apply_op1_no_bwd(&SumSquares))
+        .collect::<Result<Vec<_>>>()?;
+    if partials.is_empty() {
+        return Ok(0.0);
+    }
+    Ok(Tensor::cat(&partials, 0)?.to_vec1::<f64>()?.iter().sum())
 }
 
 /// Runs `f(chunk of dst, matching chunks of the sources)` over parallel chunks.

@@ -157,12 +157,12 @@ pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
 
 /// Global L2 norm of all gradients.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    if lossfloor_ops::optim::kernels_apply(&refs) {
+        return Ok(lossfloor_ops::optim::sum_squares_all(grads)?.sqrt());
+    }
     let mut s = 0.0f64;
     for g in grads {
-        if lossfloor_ops::optim::kernels_apply(&[g]) {
-            s += lossfloor_ops::optim::sum_squares(g)?;
-            continue;
-        }
         s += g
             .to_dtype(candle_core::DType::F64)?
             .sqr()?
