@@ -21,6 +21,7 @@ pub trait Elem:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
 }
 
 impl Elem for f32 {
@@ -34,6 +35,9 @@ impl Elem for f32 {
     }
     fn exp(self) -> Self {
         exp_f32(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
     }
 }
 
@@ -77,6 +81,9 @@ impl Elem for f64 {
     }
     fn exp(self) -> Self {
         f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
     }
 }
 

@@ -21,6 +21,9 @@
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::elem::Elem;
+use crate::storage::FromStorage;
+
 /// Elements per parallel task.
 const TASK: usize = 1 << 15;
 
@@ -153,46 +156,55 @@ pub fn sum_squares_all(tensors: &[Tensor]) -> Result<f64> {
     Ok(Tensor::cat(&partials, 0)?.to_vec1::<f64>()?.iter().sum())
 }
 
-/// Runs `f(chunk of dst, matching chunks of the sources)` over parallel chunks.
-macro_rules! zip_chunks {
-    ($dst:expr, [$($src:expr),*], |$d:ident, $($s:ident),*| $body:block) => {
-        $dst.par_chunks_mut(TASK)
-            .enumerate()
-            .for_each(|(i, $d)| {
-                let lo = i * TASK;
-                $(let $s = &$src[lo..lo + $d.len()];)*
-                $body
-            })
-    };
+/// An element-wise in-place update dst ← f(dst, src₁ … src_N; c), written once for f32 and
+/// f64, with its coefficients c converted to the element type once per call.
+trait InPlaceKernel<const N: usize>: Sync {
+    fn coefficients(&self) -> [f64; 4];
+    fn update<T: Elem>(c: [T; 4], dst: T, src: [T; N]) -> T;
 }
 
-fn dst_slice<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<DstSlice<'a>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: tensors must be contiguous");
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(DstSlice::F32(&mut v[a..b])),
-        CpuStorage::F64(v) => Ok(DstSlice::F64(&mut v[a..b])),
+/// `kernel` over a contiguous CPU destination and N sources of its dtype and size, in
+/// parallel chunks.
+fn run_in_place<const N: usize, K: InPlaceKernel<N>>(
+    kernel: &K,
+    what: &str,
+    dst: (&mut CpuStorage, &Layout),
+    srcs: [(&CpuStorage, &Layout); N],
+) -> Result<()> {
+    fn go<T: FromStorage, const N: usize, K: InPlaceKernel<N>>(
+        kernel: &K,
+        what: &str,
+        dst: (&mut CpuStorage, &Layout),
+        srcs: [(&CpuStorage, &Layout); N],
+    ) -> Result<()> {
+        let Some((a, b)) = dst.1.contiguous_offsets() else {
+            candle_core::bail!("{what}: tensors must be contiguous");
+        };
+        let d = &mut T::slice_mut(dst.0).expect("dtype checked by the caller")[a..b];
+        let coef = kernel.coefficients().map(T::from_f64);
+        let mut s: [&[T]; N] = [&[]; N];
+        for (slot, (st, l)) in s.iter_mut().zip(srcs) {
+            *slot = match (T::slice(st), l.contiguous_offsets()) {
+                (Some(v), Some((a, b))) if b - a == d.len() => &v[a..b],
+                _ => {
+                    candle_core::bail!("{what}: operands must be contiguous, of one dtype and size")
+                }
+            };
+        }
+        d.par_chunks_mut(TASK).enumerate().for_each(|(c, chunk)| {
+            let lo = c * TASK;
+            // Sources cut to the chunk's length, so the index below needs no bounds check.
+            let src: [&[T]; N] = s.map(|v| &v[lo..lo + chunk.len()]);
+            for (j, x) in chunk.iter_mut().enumerate() {
+                *x = K::update(coef, *x, src.map(|v| v[j]));
+            }
+        });
+        Ok(())
+    }
+    match dst.0 {
+        CpuStorage::F32(_) => go::<f32, N, K>(kernel, what, dst, srcs),
+        CpuStorage::F64(_) => go::<f64, N, K>(kernel, what, dst, srcs),
         _ => candle_core::bail!("{what}: expected f32 or f64"),
-    }
-}
-
-enum DstSlice<'a> {
-    F32(&'a mut [f32]),
-    F64(&'a mut [f64]),
-}
-
-fn src_f32<'a>(s: &'a CpuStorage, l: &Layout, n: usize, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) if b - a == n => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: operands must be contiguous, of one dtype and size"),
-    }
-}
-
-fn src_f64<'a>(s: &'a CpuStorage, l: &Layout, n: usize, what: &str) -> Result<&'a [f64]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F64(v), Some((a, b))) if b - a == n => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: operands must be contiguous, of one dtype and size"),
     }
 }
 
@@ -200,6 +212,22 @@ fn src_f64<'a>(s: &'a CpuStorage, l: &Layout, n: usize, what: &str) -> Result<&'
 struct Moment {
     beta: f64,
     square: bool,
+}
+
+impl InPlaceKernel<1> for Moment {
+    /// [β, 1 − β, square as 0/1, unused].
+    fn coefficients(&self) -> [f64; 4] {
+        [
+            self.beta,
+            1.0 - self.beta,
+            f64::from(u8::from(self.square)),
+            0.0,
+        ]
+    }
+    fn update<T: Elem>([b, c, square, _]: [T; 4], m: T, [g]: [T; 1]) -> T {
+        let g = if square > T::ZERO { g * g } else { g };
+        b * m + c * g
+    }
 }
 
 impl InplaceOp2 for Moment {
@@ -213,29 +241,7 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (b, c) = (self.beta, 1.0 - self.beta);
-        match dst_slice(s1, l1, self.name())? {
-            DstSlice::F32(m) => {
-                let g = src_f32(s2, l2, m.len(), self.name())?;
-                let (b, c) = (b as f32, c as f32);
-                zip_chunks!(m, [g], |m, g| {
-                    for (m, &g) in m.iter_mut().zip(g) {
-                        let g = if self.square { g * g } else { g };
-                        *m = b * *m + c * g;
-                    }
-                });
-            }
-            DstSlice::F64(m) => {
-                let g = src_f64(s2, l2, m.len(), self.name())?;
-                zip_chunks!(m, [g], |m, g| {
-                    for (m, &g) in m.iter_mut().zip(g) {
-                        let g = if self.square { g * g } else { g };
-                        *m = b * *m + c * g;
-                    }
-                });
-            }
-        }
-        Ok(())
+        run_in_place(self, self.name(), (s1, l1), [(s2, l2)])
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -276,6 +282,15 @@ struct Weights {
     eps: f64,
 }
 
+impl InPlaceKernel<2> for Weights {
+    fn coefficients(&self) -> [f64; 4] {
+        [self.decay, self.step_size, self.inv_bc2_sqrt, self.eps]
+    }
+    fn update<T: Elem>([d, a, k, e]: [T; 4], t: T, [m, v]: [T; 2]) -> T {
+        d * t - a * m / (v.sqrt() * k + e)
+    }
+}
+
 impl InplaceOp3 for Weights {
     fn name(&self) -> &'static str {
         "lossfloor-adam-weights"
@@ -289,29 +304,7 @@ impl InplaceOp3 for Weights {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<()> {
-        let (d, a, k, e) = (self.decay, self.step_size, self.inv_bc2_sqrt, self.eps);
-        match dst_slice(s1, l1, self.name())? {
-            DstSlice::F32(t) => {
-                let m = src_f32(s2, l2, t.len(), self.name())?;
-                let v = src_f32(s3, l3, t.len(), self.name())?;
-                let (d, a, k, e) = (d as f32, a as f32, k as f32, e as f32);
-                zip_chunks!(t, [m, v], |t, m, v| {
-                    for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
-                        *t = d * *t - a * m / (v.sqrt() * k + e);
-                    }
-                });
-            }
-            DstSlice::F64(t) => {
-                let m = src_f64(s2, l2, t.len(), self.name())?;
-                let v = src_f64(s3, l3, t.len(), self.name())?;
-                zip_chunks!(t, [m, v], |t, m, v| {
-                    for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
-                        *t = d * *t - a * m / (v.sqrt() * k + e);
-                    }
-                });
-            }
-        }
-        Ok(())
+        run_in_place(self, self.name(), (s1, l1), [(s2, l2), (s3, l3)])
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -356,6 +349,15 @@ struct Lerp {
     beta: f64,
 }
 
+impl InPlaceKernel<1> for Lerp {
+    fn coefficients(&self) -> [f64; 4] {
+        [self.beta, 0.0, 0.0, 0.0]
+    }
+    fn update<T: Elem>([b, ..]: [T; 4], e: T, [t]: [T; 1]) -> T {
+        (e - t) * b + t
+    }
+}
+
 impl InplaceOp2 for Lerp {
     fn name(&self) -> &'static str {
         "lossfloor-ema"
@@ -367,27 +369,7 @@ impl InplaceOp2 for Lerp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        match dst_slice(s1, l1, self.name())? {
-            DstSlice::F32(e) => {
-                let t = src_f32(s2, l2, e.len(), self.name())?;
-                let b = self.beta as f32;
-                zip_chunks!(e, [t], |e, t| {
-                    for (e, &t) in e.iter_mut().zip(t) {
-                        *e = (*e - t) * b + t;
-                    }
-                });
-            }
-            DstSlice::F64(e) => {
-                let t = src_f64(s2, l2, e.len(), self.name())?;
-                let b = self.beta;
-                zip_chunks!(e, [t], |e, t| {
-                    for (e, &t) in e.iter_mut().zip(t) {
-                        *e = (*e - t) * b + t;
-                    }
-                });
-            }
-        }
-        Ok(())
+        run_in_place(self, self.name(), (s1, l1), [(s2, l2)])
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(

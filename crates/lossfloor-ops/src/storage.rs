@@ -7,11 +7,18 @@ use crate::elem::Elem;
 /// Typed access to a CPU storage variant.
 pub trait FromStorage: Elem {
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
     fn wrap(v: Vec<Self>) -> CpuStorage;
 }
 
 impl FromStorage for f32 {
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
             CpuStorage::F32(v) => Some(v),
             _ => None,
@@ -24,6 +31,12 @@ impl FromStorage for f32 {
 
 impl FromStorage for f64 {
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
             CpuStorage::F64(v) => Some(v),
             _ => None,
