@@ -97,12 +97,6 @@ impl CustomOp1 for DropoutOp {
     }
 }
 
-/// Whether the op's own kernels take `x`: the CPU kernels' dtypes, or f32 on CUDA.
-fn kernel_applies(x: &Tensor) -> bool {
-    crate::cpu_kernels_apply(&[x])
-        || (cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == candle_core::DType::F32)
-}
-
 /// Inverted dropout as `torch.nn.functional.dropout` in training mode, with the mask given by
 /// `key` (see the module comment): `x · 1[u ≥ p] / (1 − p)`. `p ≤ 0` returns `x`.
 pub fn dropout(x: &Tensor, key: u64, p: f64) -> Result<Tensor> {
@@ -117,7 +111,7 @@ pub fn dropout(x: &Tensor, key: u64, p: f64) -> Result<Tensor> {
         p: p as f32,
         scale: (1.0 / (1.0 - p)) as f32,
     };
-    if kernel_applies(x) {
+    if crate::kernels_apply(&[x]) {
         x.contiguous()?.apply_op1(op)
     } else {
         dropout_reference(x, key, p)

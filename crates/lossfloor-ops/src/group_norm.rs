@@ -12,7 +12,7 @@
 //!
 //! Statistics are accumulated in f64. Images run in parallel.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::elem::Elem;
@@ -510,14 +510,7 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     check(x, groups, gamma)?;
-    let fused = match x.device() {
-        candle_core::Device::Cpu => crate::cpu_kernels_apply(&[x, gamma, beta]),
-        candle_core::Device::Cuda(_) => {
-            cfg!(feature = "cuda") && [x, gamma, beta].iter().all(|t| t.dtype() == DType::F32)
-        }
-        _ => false,
-    };
-    if fused {
+    if crate::kernels_apply(&[x, gamma, beta]) {
         x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,

@@ -28,7 +28,7 @@ pub mod optim;
 #[cfg(feature = "cuda")]
 mod optim_cuda;
 mod storage;
-pub use storage::cpu_kernels_apply;
+pub use storage::{cpu_kernels_apply, kernels_apply};
 
 pub use alloc::keep_freed_memory;
 pub use attention::{

@@ -15,30 +15,17 @@
 //!   e      ← (e − θ)·β + θ             (EMA)                            [`lerp_toward`]
 //!
 //! Every function takes CPU tensors of one dtype (f32 or f64) or, with the `cuda` feature,
-//! CUDA f32 tensors (`optim_cuda.rs`, the same formulas); callers check [`kernels_apply`]
-//! and keep their composed form otherwise.
+//! CUDA f32 tensors (`optim_cuda.rs`, the same formulas); callers check
+//! [`crate::kernels_apply`] and keep their composed form otherwise.
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::elem::Elem;
-use crate::storage::FromStorage;
+use crate::storage::{contiguous, FromStorage};
 
 /// Elements per parallel task.
 const TASK: usize = 1 << 15;
-
-/// Whether these kernels take `tensors`: CPU f32/f64 of one dtype, or CUDA f32 with the
-/// `cuda` feature.
-pub fn kernels_apply(tensors: &[&Tensor]) -> bool {
-    crate::cpu_kernels_apply(tensors)
-        || (cfg!(feature = "cuda")
-            && tensors
-                .iter()
-                .all(|t| t.device().is_cuda() && t.dtype() == candle_core::DType::F32)
-            && tensors
-                .windows(2)
-                .all(|w| w[0].device().same_device(w[1].device())))
-}
 
 /// EDM's `torch.nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)` of one value.
 fn sanitize(g: f64) -> f64 {
@@ -53,24 +40,6 @@ fn sanitize(g: f64) -> f64 {
     }
 }
 
-/// The elements of a contiguous CPU tensor, widened to f64 one at a time by `f`.
-fn with_slice<R>(
-    s: &CpuStorage,
-    l: &Layout,
-    what: &str,
-    f32_fn: impl FnOnce(&[f32]) -> R,
-    f64_fn: impl FnOnce(&[f64]) -> R,
-) -> Result<R> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: tensors must be contiguous");
-    };
-    match s {
-        CpuStorage::F32(v) => Ok(f32_fn(&v[a..b])),
-        CpuStorage::F64(v) => Ok(f64_fn(&v[a..b])),
-        _ => candle_core::bail!("{what}: expected f32 or f64"),
-    }
-}
-
 struct NanToNum;
 
 impl CustomOp1 for NanToNum {
@@ -78,13 +47,19 @@ impl CustomOp1 for NanToNum {
         "lossfloor-nan-to-num"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = with_slice(
-            s,
-            l,
-            self.name(),
-            |v| CpuStorage::F32(v.par_iter().map(|&g| sanitize(g as f64) as f32).collect()),
-            |v| CpuStorage::F64(v.par_iter().map(|&g| sanitize(g)).collect()),
-        )?;
+        fn go<T: FromStorage>(s: &CpuStorage, l: &Layout, what: &str) -> Result<CpuStorage> {
+            let g = contiguous::<T>(s, l, what)?;
+            Ok(T::wrap(
+                g.par_iter()
+                    .map(|&g| T::from_f64(sanitize(g.to_f64())))
+                    .collect(),
+            ))
+        }
+        let out = match s {
+            CpuStorage::F32(_) => go::<f32>(s, l, self.name())?,
+            CpuStorage::F64(_) => go::<f64>(s, l, self.name())?,
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        };
         Ok((out, l.shape().clone()))
     }
     #[cfg(feature = "cuda")]
@@ -109,23 +84,19 @@ impl CustomOp1 for SumSquares {
         "lossfloor-sum-squares"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let sum = with_slice(
-            s,
-            l,
-            self.name(),
-            |v| {
-                v.par_chunks(TASK)
-                    .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
-                    .collect::<Vec<_>>()
-            },
-            |v| {
-                v.par_chunks(TASK)
-                    .map(|c| c.iter().map(|&g| g * g).sum::<f64>())
-                    .collect::<Vec<_>>()
-            },
-        )?;
+        fn go<T: FromStorage>(s: &CpuStorage, l: &Layout, what: &str) -> Result<Vec<f64>> {
+            let g = contiguous::<T>(s, l, what)?;
+            Ok(g.par_chunks(TASK)
+                .map(|c| c.iter().map(|&g| g.to_f64() * g.to_f64()).sum::<f64>())
+                .collect())
+        }
+        let sums = match s {
+            CpuStorage::F32(_) => go::<f32>(s, l, self.name())?,
+            CpuStorage::F64(_) => go::<f64>(s, l, self.name())?,
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        };
         // Chunk sums added in chunk order, so the result does not depend on the threads.
-        Ok((CpuStorage::F64(vec![sum.iter().sum()]), Shape::from(1)))
+        Ok((CpuStorage::F64(vec![sums.iter().sum()]), Shape::from(1)))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(

@@ -72,3 +72,17 @@ pub fn cpu_kernels_apply(tensors: &[&Tensor]) -> bool {
         && matches!(first.dtype(), DType::F32 | DType::F64)
         && tensors.iter().all(|t| t.dtype() == first.dtype())
 }
+
+/// Whether an op with both CPU and CUDA kernels (GroupNorm, dropout, the optimizer updates)
+/// can take `tensors`: [`cpu_kernels_apply`], or, with the `cuda` feature, all of them f32
+/// on one CUDA device (the CUDA kernels are f32 only).
+pub fn kernels_apply(tensors: &[&Tensor]) -> bool {
+    cpu_kernels_apply(tensors)
+        || (cfg!(feature = "cuda")
+            && tensors
+                .iter()
+                .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
+            && tensors
+                .windows(2)
+                .all(|w| w[0].device().same_device(w[1].device())))
+}

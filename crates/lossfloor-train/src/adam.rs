@@ -65,7 +65,7 @@ impl Adam {
         let bc2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
         let step_size = lr / bc1;
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
-            if lossfloor_ops::optim::kernels_apply(&[var.as_tensor(), g, &self.m[i], &self.v[i]]) {
+            if lossfloor_ops::kernels_apply(&[var.as_tensor(), g, &self.m[i], &self.v[i]]) {
                 self.update_in_place(i, var, g, lr, step_size, bc2_sqrt)?;
             } else {
                 self.update_composed(i, var, g, lr, step_size, bc2_sqrt)?;
@@ -143,7 +143,7 @@ pub fn learning_rate(cfg: &OptimizerConfig, nimg: u64) -> f64 {
 
 /// EDM's `nan_to_num(g, nan=0, posinf=1e5, neginf=-1e5)`.
 pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
-    if lossfloor_ops::optim::kernels_apply(&[g]) {
+    if lossfloor_ops::kernels_apply(&[g]) {
         return Ok(lossfloor_ops::optim::nan_to_num(g)?);
     }
     let zero = g.zeros_like()?;
@@ -158,7 +158,7 @@ pub fn nan_to_num(g: &Tensor) -> Result<Tensor> {
 /// Global L2 norm of all gradients.
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let refs: Vec<&Tensor> = grads.iter().collect();
-    if lossfloor_ops::optim::kernels_apply(&refs) {
+    if lossfloor_ops::kernels_apply(&refs) {
         return Ok(lossfloor_ops::optim::sum_squares_all(grads)?.sqrt());
     }
     let mut s = 0.0f64;

@@ -84,7 +84,7 @@ impl Ema {
     pub fn update(&mut self, vars: &[Var], beta: f64) -> Result<()> {
         for (e, v) in self.tensors.iter_mut().zip(vars) {
             let theta = v.as_tensor();
-            if lossfloor_ops::optim::kernels_apply(&[e, theta]) {
+            if lossfloor_ops::kernels_apply(&[e, theta]) {
                 // In place, one parallel pass (the EMA tensors are our own copies).
                 lossfloor_ops::optim::lerp_toward(e, theta, beta)?;
                 continue;
