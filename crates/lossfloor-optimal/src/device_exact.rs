@@ -36,10 +36,20 @@ const UPLOAD_ROWS: usize = 8192;
 
 type CandleResult<T> = candle_core::Result<T>;
 
-/// The centred data resident on the device, in chunks of at most `chunk_rows` rows, with
-/// each chunk's row norms ‖x_n‖² (K×1) beside it.
+/// One chunk of K resident rows and their norms, computed once at upload.
+struct Chunk {
+    /// The centred rows, K×D.
+    rows: Tensor,
+    /// ‖x_n‖², K×1.
+    sq: Tensor,
+    /// [½‖x_n‖²; ‖x_n‖²], 2×K (the input of the chunk-softmax op; its first row is the
+    /// logits' offset in the composed form).
+    norms: Tensor,
+}
+
+/// The centred data resident on the device, in chunks of at most `chunk_rows` rows.
 struct DeviceData {
-    chunks: Vec<(Tensor, Tensor)>,
+    chunks: Vec<Chunk>,
     mean: Vec<f32>,
     dim: usize,
 }
@@ -87,7 +97,8 @@ impl DeviceData {
                 .sqr()?
                 .sum_keepdim(1)?
                 .to_dtype(DType::F32)?;
-            chunks.push((rows, sq));
+            let norms = Tensor::cat(&[&sq.t()?.affine(0.5, 0.0)?, &sq.t()?], 0)?;
+            chunks.push(Chunk { rows, sq, norms });
         }
         Ok(Self {
             chunks,
@@ -172,27 +183,18 @@ fn tile_variances(
     let t = src.dim(0)?;
     let lhs = Tensor::cat(&[src, noise], 0)?;
     let mut running: Vec<Option<Running>> = (0..sigmas.len()).map(|_| None).collect();
-    for (rows, sq) in &data.chunks {
+    for chunk in &data.chunks {
         // [G_src; G_ε] = [X_src; E]·X_cᵀ, shared by every σ̂.
-        let dots = lhs.matmul(&rows.t()?)?;
-        let half_sq_row = sq.t()?.affine(0.5, 0.0)?;
-        let norms = if fused {
-            Some(Tensor::cat(&[&half_sq_row, &sq.t()?], 0)?)
-        } else {
-            None
-        };
+        let dots = lhs.matmul(&chunk.rows.t()?)?;
         for (k, &sigma) in sigmas.iter().enumerate() {
             let old = running[k].take();
-            let pieces = match &norms {
-                Some(norms) => crate::chunk_softmax::chunk_softmax(
-                    &dots,
-                    norms,
-                    old.as_ref().map(|r| &r.max),
-                    sigma,
-                )?,
-                None => composed_pieces(&dots, t, &half_sq_row, sq, sigma, old.as_ref())?,
+            let old_max = old.as_ref().map(|r| &r.max);
+            let pieces = if fused {
+                crate::chunk_softmax::chunk_softmax(&dots, &chunk.norms, old_max, sigma)?
+            } else {
+                composed_pieces(&dots, t, chunk, sigma, old_max)?
             };
-            running[k] = Some(fold_chunk(old, pieces, rows)?);
+            running[k] = Some(fold_chunk(old, pieces, &chunk.rows)?);
         }
     }
     running
@@ -206,25 +208,25 @@ fn tile_variances(
 fn composed_pieces(
     dots: &Tensor,
     t: usize,
-    half_sq_row: &Tensor,
-    sq: &Tensor,
+    chunk: &Chunk,
     sigma: f64,
-    old: Option<&Running>,
+    old_max: Option<&Tensor>,
 ) -> CandleResult<ChunkPieces> {
     let g_src = dots.narrow(0, 0, t)?;
     let g_noise = dots.narrow(0, t, t)?;
+    let half_sq_row = chunk.norms.narrow(0, 0, 1)?;
     let logits = (&g_src + g_noise.affine(sigma, 0.0)?)?
-        .broadcast_sub(half_sq_row)?
+        .broadcast_sub(&half_sq_row)?
         .affine(1.0 / (sigma * sigma), 0.0)?;
     let chunk_max = logits.max_keepdim(1)?;
-    let max = match old {
-        Some(r) => r.max.maximum(&chunk_max)?,
+    let max = match old_max {
+        Some(m) => m.maximum(&chunk_max)?,
         None => chunk_max,
     };
     let p = logits.broadcast_sub(&max)?.exp()?;
     Ok(ChunkPieces {
         sum: p.sum_keepdim(1)?,
-        second: p.matmul(sq)?,
+        second: p.matmul(&chunk.sq)?,
         p,
         max,
     })
