@@ -472,6 +472,14 @@ impl Trainer {
         }
     }
 
+    /// The preconditioning as checkpoints describe it.
+    fn precond_spec(&self) -> PrecondSpec {
+        PrecondSpec {
+            process: self.cfg.precond.process.as_str().to_string(),
+            sigma_data: self.cfg.precond.sigma_data,
+        }
+    }
+
     /// Every tensor of the network (sorted by name) with the EMA weights in place of the
     /// trainable ones; buffers as they are.
     fn ema_network_tensors(&self) -> Result<Vec<(String, Tensor)>> {
@@ -490,10 +498,7 @@ impl Trainer {
             .run_dir
             .join(format!("network-snapshot-{:010}.safetensors", self.nimg));
         let spec = self.network_spec();
-        let precond = PrecondSpec {
-            process: self.cfg.precond.process.as_str().to_string(),
-            sigma_data: self.cfg.precond.sigma_data,
-        };
+        let precond = self.precond_spec();
         let tensors = self.ema_network_tensors()?;
         let extra = [
             ("lossfloor.train.nimg".to_string(), self.nimg.to_string()),
@@ -509,17 +514,17 @@ impl Trainer {
     /// network built on the EMA tensors (no autograd graph, training weights untouched); no
     /// training RNG stream is touched.
     pub fn save_samples(&self) -> Result<PathBuf> {
+        use lossfloor_sampler::net_denoiser::network_denoiser;
         use lossfloor_sampler::{
-            one_hot, parse_seeds, sample, save_grid_png, to_uint8, HeunConfig, PrecondDenoiser,
-            SeedRng,
+            one_hot, parse_seeds, sample, save_grid_png, to_uint8, HeunConfig, SeedRng,
         };
         let seeds = parse_seeds(&self.cfg.sample.seeds)?;
         let (c, r) = self.net_cfg.input_shape();
         let label_dim = self.net_cfg.label_dim();
-        let out_c = self.net_cfg.output_channels();
-        let net = self
-            .network_spec()
-            .build_inference(self.ema_network_tensors()?, &self.device)?;
+        let spec = self.network_spec();
+        let net = spec.build_inference(self.ema_network_tensors()?, &self.device)?;
+        // The same denoiser `lossfloor sample` builds for the snapshot of these weights.
+        let den = network_denoiser(net.as_ref(), &self.precond_spec(), spec.img_channels())?;
         let dev = &self.device;
         let mut rng = SeedRng::new(&seeds);
         let latents = rng.randn(&[c, r, r], dev)?;
@@ -528,24 +533,6 @@ impl Trainer {
         } else {
             None
         };
-        let den = PrecondDenoiser::new(
-            self.cfg
-                .precond
-                .build()
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-            |x: &Tensor, c_noise: f64, y: Option<&Tensor>| {
-                let n = x.dim(0)?;
-                let noise = Tensor::full(c_noise as f32, n, x.device())?;
-                let f = net
-                    .forward(x, &noise, y, None, false)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-                if f.dim(1)? > out_c {
-                    f.narrow(1, 0, out_c)
-                } else {
-                    Ok(f)
-                }
-            },
-        );
         let hc = HeunConfig {
             num_steps: self.cfg.sample.steps,
             ..HeunConfig::default()
