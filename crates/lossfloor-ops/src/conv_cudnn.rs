@@ -19,6 +19,8 @@
 //! rebuilding. In a build with this feature candle's forward pass is cuDNN as well (its own
 //! `cudnn` feature), so the switch changes the backward pass: candle's direct-loop
 //! `conv_transpose2d` for dx and its conv2d-based dW, against cuDNN's backward kernels here.
+//! candle's cuDNN call sets no math type, so on Ampere and later it may use TF32; a fair
+//! comparison needs `NVIDIA_TF32_OVERRIDE=0`, which `scripts/gpu-env.sh` exports.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -431,6 +431,11 @@ impl CustomOp3 for GroupNormOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        // The per-image shift form has no CUDA kernel (`group_norm_shifted` only builds this
+        // op where the CPU kernels apply); refuse it rather than read its operands wrongly.
+        if self.shifted {
+            candle_core::bail!("{}: the shifted form has no CUDA kernel", self.name());
+        }
         let run = if self.backward {
             crate::group_norm_cuda::backward
         } else {

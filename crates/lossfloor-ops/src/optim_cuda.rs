@@ -100,7 +100,8 @@ pub fn nan_to_num(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let (a, b) = range(l, "nan_to_num")?;
     let g = s.as_cuda_slice::<f32>()?.slice(a..b);
     let n = b - a;
-    let mut out = dev.alloc_zeros::<f32>(n)?;
+    // SAFETY: the grid-stride loop writes every element.
+    let mut out = unsafe { dev.alloc::<f32>(n) }?;
     let func = dev.get_or_load_custom_func("nan_to_num_f32", MODULE, ptx()?)?;
     let n_i = n as i64;
     let mut args = func.builder();
@@ -114,7 +115,8 @@ pub fn sum_squares(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> 
     let dev = s.device.clone();
     let (a, b) = range(l, "sum_squares")?;
     let g = s.as_cuda_slice::<f32>()?.slice(a..b);
-    let mut partial = dev.alloc_zeros::<f64>(SUM_BLOCKS)?;
+    // SAFETY: exactly SUM_BLOCKS blocks are launched, and block b writes partial[b].
+    let mut partial = unsafe { dev.alloc::<f64>(SUM_BLOCKS) }?;
     let func = dev.get_or_load_custom_func("sum_squares_f32", MODULE, ptx()?)?;
     let n_i = (b - a) as i64;
     let mut args = func.builder();

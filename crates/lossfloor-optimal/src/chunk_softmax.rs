@@ -70,7 +70,9 @@ pub fn chunk_softmax(
         .contiguous()?
         .apply_op3_no_bwd(&norms.contiguous()?, &old.contiguous()?, &op)?;
     let p = out.narrow(0, 0, t * k)?.reshape((t, k))?;
-    let stats = out.narrow(0, t * k, 3 * t)?.reshape((t, 3))?;
+    // A copy (12 bytes a query), not a view: the running statistics outlive this chunk, and
+    // a view would keep the whole T×K buffer of p alive with them (about 0.27 GB per σ̂).
+    let stats = out.narrow(0, t * k, 3 * t)?.reshape((t, 3))?.copy()?;
     Ok(ChunkPieces {
         p,
         max: stats.narrow(1, 0, 1)?,
@@ -247,7 +249,9 @@ extern "C" __global__ void chunk_softmax(const float* dots, const float* norms,
             view(old.0, old.1)?,
         );
         let len = t * k + 3 * t;
-        let mut out = dev.alloc_zeros::<f32>(len)?;
+        // SAFETY: the kernel writes every element: one block per query row writes its K
+        // values of p and its three statistics.
+        let mut out = unsafe { dev.alloc::<f32>(len) }?;
         let func = dev.get_or_load_custom_func(
             "chunk_softmax",
             MODULE,

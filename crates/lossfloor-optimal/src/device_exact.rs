@@ -129,7 +129,9 @@ pub fn estimate_exact_on_device(
 ) -> CandleResult<Vec<MeanStderr>> {
     let tile = DEVICE_QUERY_TILE.min(queries.max(1));
     let chunk_rows = (BLOCK_ELEMENTS / tile).max(1024);
-    let fused = crate::chunk_softmax::fused_enabled();
+    // The op has a CUDA kernel only in builds with this crate's `cuda` feature.
+    let fused =
+        crate::chunk_softmax::fused_enabled() && (device.is_cpu() || cfg!(feature = "cuda"));
     estimate_exact_on_device_tiled(
         data, sigmas, queries, seed, device, tile, chunk_rows, fused, progress,
     )
