@@ -2,7 +2,7 @@
 # Builds lossfloor with candle's CUDA backend on a machine that has no GPU and no CUDA install,
 # and packs what the GPU machine needs into dist/cuda/.
 #
-#   scripts/build-cuda.sh            # -> dist/cuda/{lossfloor, cuda-tests, bench-step, bench-estimator}
+#   scripts/build-cuda.sh            # -> dist/cuda/{lossfloor, cuda-tests, bench-step, bench-estimator, bench-fid}
 #
 # Where the CUDA compiler comes from, and why: the GPU machines run driver 580 (CUDA 13.0,
 # compute capability 9.0). candle compiles its kernels to PTX at build time and the driver
@@ -118,7 +118,8 @@ for line in sys.stdin:
 TESTS=$(executable cuda test --release -p lossfloor-cli --features $FEATURES --test cuda --no-run)
 BENCH=$(executable step bench -p lossfloor-train --features $FEATURES --bench step --no-run)
 EST=$(executable exact_device bench -p lossfloor-optimal --features cuda --bench exact_device --no-run)
-[ -n "$TESTS" ] && [ -n "$BENCH" ] && [ -n "$EST" ] || { echo "build-cuda: the test or bench build failed" >&2; exit 1; }
+FID=$(executable inception bench -p lossfloor-fid --features $FEATURES --bench inception --no-run)
+[ -n "$TESTS" ] && [ -n "$BENCH" ] && [ -n "$EST" ] && [ -n "$FID" ] || { echo "build-cuda: the test or bench build failed" >&2; exit 1; }
 echo "build-cuda: built in $(($(date +%s) - start)) s"
 
 DIST=$ROOT/dist/cuda
@@ -127,9 +128,18 @@ cp "$CARGO_TARGET_DIR/release/lossfloor" "$DIST.tmp/"
 cp "$TESTS" "$DIST.tmp/cuda-tests"
 cp "$BENCH" "$DIST.tmp/bench-step"
 cp "$EST" "$DIST.tmp/bench-estimator"
-strip "$DIST.tmp/lossfloor" "$DIST.tmp/cuda-tests" "$DIST.tmp/bench-step" "$DIST.tmp/bench-estimator"
+cp "$FID" "$DIST.tmp/bench-fid"
+strip "$DIST.tmp/lossfloor" "$DIST.tmp/cuda-tests" "$DIST.tmp/bench-step" "$DIST.tmp/bench-estimator" "$DIST.tmp/bench-fid"
 rm -rf "$DIST" && mv "$DIST.tmp" "$DIST"
 # One compressed archive (~20 MB instead of ~175 MB) to carry to the GPU machine;
 # scripts/gpu-check.sh unpacks it.
-(cd "$DIST" && tar -cf - lossfloor cuda-tests bench-step bench-estimator | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
+(cd "$DIST" && tar -cf - lossfloor cuda-tests bench-step bench-estimator bench-fid | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
 ls -la "$DIST" "$DIST.tar.xz"
+# A stand-in for the FID Inception weights (the real 87 MB file does not fit the GPU machine's
+# transfer limit): the same TorchScript archive with random weights, 3.3 MB compressed.
+# Needs the real file and Debian's python3-torch here; without them the GPU check skips FID.
+if [ -f .weights/inception-2015-12-05.pt ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    /usr/bin/python3 scripts/make-inception-stand-in.py dist/inception-stand-in.pt
+else
+    echo "build-cuda: no FID stand-in (needs scripts/fetch-inception.sh and python3-torch); gpu-check.sh will skip FID"
+fi

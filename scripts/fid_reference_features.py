@@ -55,7 +55,7 @@ def image(kind, size):
 
 def tf_bilinear(x, out_h=299, out_w=299):
     n, c, h, w = x.shape
-    theta = torch.eye(2, 3, dtype=torch.float32)
+    theta = torch.eye(2, 3, dtype=torch.float32, device=x.device)
     theta[0, 2] += 1.0 / w - 1.0 / out_w
     theta[1, 2] += 1.0 / h - 1.0 / out_h
     theta = theta.unsqueeze(0).repeat(n, 1, 1)

@@ -18,7 +18,14 @@
 #        55,733,891 parameters);
 #      - EDM Heun sampling, 18 steps = 35 network evaluations, batch 128, images/s;
 #      - the training step again with candle's conv2d (backward) in place of ours, and one
-#        256→256 3×3 convolution timed each way through both (probe-*.json).
+#        256→256 3×3 convolution timed each way through both (probe-*.json);
+#      - FID Inception-v3 feature extraction (32×32 images resized to 299×299 on the device),
+#        images/s at batch 32 and 128 against PyTorch running the same TorchScript archive, and
+#        the features of lossfloor on the GPU against PyTorch on the GPU and lossfloor on the
+#        CPU (relative L2 below 1e-4, or the script fails). The archive is the stand-in
+#        made by scripts/build-cuda.sh (dist/inception-stand-in.pt.xz, carried beside
+#        dist/cuda.tar.xz): the real layers with random weights, since the real 87 MB file
+#        cannot travel. Skipped when it is absent.
 #
 # Usage: scripts/gpu-check.sh [OUT_DIR]   (writes OUT_DIR/gpu-check.md and the logs; default out/gpu)
 set -uo pipefail
@@ -100,6 +107,21 @@ if [ "$B" != 128 ]; then
     $PY scripts/ref_ddpmpp_torch.py 128 5 16 cuda 128 | tee "$OUT/step-torch-128.json"
 fi
 
+echo "== 2d. FID Inception-v3 feature extraction"
+STAND_IN=${STAND_IN:-dist/inception-stand-in.pt}
+if [ ! -f "$STAND_IN" ] && [ -f "$STAND_IN.xz" ]; then xz -dk "$STAND_IN.xz"; fi
+fid_rc=0
+if [ -f "$STAND_IN" ]; then
+    "$DIST/bench-fid" 3 2048 --device cuda --batches 32,128 --weights "$STAND_IN" \
+        --features-out "$OUT/fid-ours-cuda.npy" | tee "$OUT/fid-ours.json" || fid_rc=1
+    "$DIST/bench-fid" 1 64 --device cpu --batches 32 --weights "$STAND_IN" \
+        --features-out "$OUT/fid-ours-cpu.npy" >/dev/null || fid_rc=1
+    $PY scripts/bench_inception_torch.py 3 2048 16 --device cuda --batches 32,128 \
+        --weights "$STAND_IN" --features-out "$OUT/fid-torch-cuda.npy" | tee "$OUT/fid-torch.json" || fid_rc=1
+else
+    echo "gpu-check: no $STAND_IN(.xz): FID skipped (scripts/build-cuda.sh makes it)" | tee "$OUT/fid-skipped.txt"
+fi
+
 $PY - "$OUT" "$GPU" "${ours_est[@]}" <<'PY' | tee "$OUT/gpu-check.md"
 import json, os, statistics, sys
 out, gpu, times = sys.argv[1], sys.argv[2].strip(), [float(t) for t in sys.argv[3:] if t]
@@ -150,6 +172,27 @@ mem = [l.split(": ")[-1].split()[0] if ": " in l else "?" for l in mem[:2]]
 print(f"| … peak GPU memory (nvidia-smi), MiB | {mem[0]} | {mem[1] if len(mem) > 1 else '?'} | |")
 so, st = ours.get("sample_img_s"), torch_.get("sample_img_s")
 print(f"| Heun sampling, {ours['nfe']} NFE, batch {ours['sample_batch']}: img/s | {so if so is None else f'{so:.1f}'} | {st:.1f} | {'' if so is None else f'{so / st:.2f}'} |")
+try:
+    import numpy as np
+    rates = {}
+    for name in ("fid-ours.json", "fid-torch.json"):
+        for line in open(os.path.join(out, name)):
+            r = json.loads(line)
+            rates.setdefault(r["batch"], {})[r["impl"]] = r["img_s"]
+    for b, r in sorted(rates.items()):
+        print(f"| FID Inception-v3 features (32×32 → 299×299), batch {b}: img/s | {r['lossfloor']:.0f} | {r['pytorch']:.0f} | {r['lossfloor'] / r['pytorch']:.2f} |")
+    ours_f, torch_f, cpu_f = (np.load(os.path.join(out, f"fid-{n}.npy")).astype(np.float64)
+                              for n in ("ours-cuda", "torch-cuda", "ours-cpu"))
+    rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    e_torch, e_cpu = rel(ours_f, torch_f), rel(ours_f, cpu_f)
+    ok = e_torch < 1e-4 and e_cpu < 1e-4
+    print(f"| … features of 64 images, relative L2: lossfloor CUDA vs PyTorch CUDA; vs lossfloor CPU | {e_torch:.1e}; {e_cpu:.1e} | | {'pass' if ok else 'FAIL'} |")
+    open(os.path.join(out, "fid-agreement.txt"), "w").write("pass\n" if ok else "FAIL\n")
+except Exception as e:
+    print(f"(no FID figures: {e})")
 PY
+if [ -f "$OUT/fid-agreement.txt" ] && ! grep -q pass "$OUT/fid-agreement.txt"; then fid_rc=1; fi
+echo "FID agreement exit code: $fid_rc"
+[ "$tests_rc" = 0 ] && tests_rc=$fid_rc
 echo "agreement tests exit code: $tests_rc"
 exit "$tests_rc"

@@ -88,6 +88,40 @@ fn clustered(n: usize, d: usize) -> DenseRows {
     DenseRows::new(values, d)
 }
 
+/// Small tiles and chunks (3000 rows in chunks of 700, tiles of 256 queries), so that the
+/// fused op's running maximum from earlier chunks (`has_old`) and the rescaling across
+/// chunks run on the GPU, both with the fused op and with its composed form.
+#[test]
+fn exact_estimator_agrees_across_chunks() {
+    let data = clustered(3000, 48);
+    let sigmas: Vec<f64> = (0..12).map(|i| 0.003 * 2f64.powi(i)).collect();
+    let var = lossfloor_optimal::per_dim_variance(&data);
+    let cpu = estimate_exact(&data, &sigmas, 600, 5, &|_| {});
+    for fused in [true, false] {
+        let dev = lossfloor_optimal::estimate_exact_on_device_tiled(
+            &data,
+            &sigmas,
+            600,
+            5,
+            &gpu(),
+            256,
+            700,
+            fused,
+            &|_| {},
+        )
+        .unwrap();
+        for ((s, a), b) in sigmas.iter().zip(&dev).zip(&cpu) {
+            let tol = 1e-3 * b.mean.abs() + 1e-5 * var;
+            assert!(
+                (a.mean - b.mean).abs() <= tol,
+                "fused={fused} σ={s}: cuda {} vs cpu {}",
+                a.mean,
+                b.mean
+            );
+        }
+    }
+}
+
 #[test]
 fn exact_estimator_agrees_with_the_cpu_kernel() {
     let data = clustered(3000, 48);
@@ -588,4 +622,70 @@ fn optimizer_kernels_agree() {
             assert!(worst <= 1e-6 * scale, "{what}: {worst} of {scale}");
         }
     }
+}
+
+/// The FID Inception-v3 on the GPU against the CPU, preprocessing (the resize on the
+/// device) included. The real weights (87 MB) do not travel to the GPU machine, so the
+/// network gets random weights of the real layer shapes (the table lossfloor-fid's tests
+/// check against the real file): He-scaled so that activations keep their size through the
+/// 94 ReLU layers. 48 convolutions deep, float32 on both sides: 1e-4 relative, as for the
+/// denoisers.
+#[test]
+fn inception_features_agree() {
+    use lossfloor_fid::inception::ConvParams;
+    use lossfloor_fid::{InceptionV3, InceptionWeights};
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
+    };
+    let mut convs = std::collections::BTreeMap::new();
+    let table = include_str!("../crates/lossfloor-fid/tests/fixtures/inception_layers.txt");
+    for line in table.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let n: Vec<usize> = f[1..].iter().map(|v| v.parse().unwrap()).collect();
+        let (out, fan_in) = (n[0], n[1] * n[2] * n[3]);
+        let scale = (6.0 / fan_in as f32).sqrt(); // uniform(±a) has variance a²/3 = 2/fan_in
+        let mut vec = |len: usize, a: f32, b: f32| -> Tensor {
+            let v: Vec<f32> = (0..len).map(|_| a + b * uniform()).collect();
+            Tensor::from_vec(v, len, &Device::Cpu).unwrap()
+        };
+        let weight = vec(out * fan_in, 0.0, scale)
+            .reshape((out, n[1], n[2], n[3]))
+            .unwrap();
+        convs.insert(
+            f[0].to_string(),
+            ConvParams {
+                weight,
+                beta: vec(out, 0.0, 0.05),
+                mean: vec(out, 0.0, 0.05),
+                var: vec(out, 1.0, 0.1),
+                stride: n[4],
+                padding: (n[5], n[6]),
+            },
+        );
+    }
+    let weights = InceptionWeights { convs };
+    let images: Vec<u8> = (0..6 * 3 * 32 * 32).map(|i| (i * 7 % 251) as u8).collect();
+    let features = |device: &Device| {
+        let mut net = InceptionV3::from_weights(&weights, device).unwrap();
+        net.batch_size = 4; // two batches, the second partial
+        net.features_tensor(&images, 6, 3, 32, 32).unwrap()
+    };
+    let (cpu, cuda) = (features(&Device::Cpu), features(&gpu()));
+    let spread = cpu
+        .var(0)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        spread > 1e-6,
+        "features differ between images (variance {spread})"
+    );
+    let err = rel_l2(&cuda, &cpu);
+    assert!(err < 1e-4, "Inception features: relative L2 error {err}");
 }

@@ -17,8 +17,8 @@ pub mod stats;
 pub mod torchscript;
 
 pub use inception::{
-    preprocess, resize_tf_bilinear, InceptionV3, InceptionWeights, DEFAULT_WEIGHTS_PATH,
-    FEATURE_DIM, INCEPTION_SHA256, INPUT_SIZE,
+    preprocess, preprocess_tensor, resize_tf_bilinear, InceptionV3, InceptionWeights,
+    DEFAULT_WEIGHTS_PATH, FEATURE_DIM, INCEPTION_SHA256, INPUT_SIZE,
 };
 pub use stats::{frechet_distance, load_stats_npz, save_stats_npz, FeatureStats, Stats};
 pub use torchscript::TorchScriptArchive;

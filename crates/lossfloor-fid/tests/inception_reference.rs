@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use lossfloor_fid::{
-    preprocess, resize_tf_bilinear, FidError, InceptionV3, InceptionWeights, FEATURE_DIM,
-    INPUT_SIZE,
+    preprocess, preprocess_tensor, resize_tf_bilinear, FidError, InceptionV3, InceptionWeights,
+    FEATURE_DIM, INPUT_SIZE,
 };
 
 fn weights_path() -> PathBuf {
@@ -160,4 +160,74 @@ fn tf_bilinear_resize_samples_i_times_w_over_out() {
         assert_eq!(*a, (*b as f32 - 128.0) / 128.0);
     }
     assert!(preprocess(&img, 1, 2, 10, 10).is_err());
+}
+
+/// The device preprocessing (two matrix products per plane) against the host loop it
+/// replaces in `features`, on gray and RGB images, square and not, up- and down-sizing and
+/// the 299×299 identity. Both compute the same two-tap lerps in float32 in another order,
+/// so they differ by a few ulps of 255 (1.5e-5), scaled by 1/128: 2e-6 allows about 16.
+#[test]
+fn device_preprocessing_equals_the_host_loop() {
+    let mut state = 7u64;
+    let mut bytes = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 56) as u8
+            })
+            .collect()
+    };
+    for (n, c, h, w) in [
+        (3, 3, 32, 32),
+        (2, 1, 28, 28),
+        (1, 3, 17, 40),
+        (1, 3, 400, 320),
+        (2, 3, INPUT_SIZE, INPUT_SIZE),
+    ] {
+        let img = bytes(n * c * h * w);
+        let want = preprocess(&img, n, c, h, w).unwrap();
+        let got = preprocess_tensor(&img, n, c, h, w, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(got.dims(), &[n, 3, INPUT_SIZE, INPUT_SIZE]);
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 2e-6, "{n}x{c}x{h}x{w}: max |diff| {worst}");
+    }
+    let dev = candle_core::Device::Cpu;
+    assert!(preprocess_tensor(&[0; 200], 2, 1, 10, 10, &dev).is_ok());
+    assert!(preprocess_tensor(&[0; 200], 1, 2, 10, 10, &dev).is_err());
+    assert!(preprocess_tensor(&[0; 199], 2, 1, 10, 10, &dev).is_err());
+}
+
+/// The layer table that tests/cuda.rs builds random Inception weights from is the real
+/// archive's: same layers, weight shapes, strides and paddings.
+#[test]
+fn layer_table_matches_the_weights() {
+    let path = weights_path();
+    if !path.is_file() {
+        println!(
+            "SKIP layer_table_matches_the_weights: {} absent (run scripts/fetch-inception.sh)",
+            path.display()
+        );
+        return;
+    }
+    let weights = InceptionWeights::load(&path).unwrap();
+    let table = include_str!("fixtures/inception_layers.txt");
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), weights.convs.len());
+    for row in rows {
+        let n: Vec<usize> = row[1..].iter().map(|v| v.parse().unwrap()).collect();
+        let p = &weights.convs[row[0]];
+        assert_eq!(p.weight.dims(), &n[..4], "{}", row[0]);
+        assert_eq!((p.stride, p.padding), (n[4], (n[5], n[6])), "{}", row[0]);
+    }
 }
