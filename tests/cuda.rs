@@ -64,16 +64,20 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     (num / den).sqrt()
 }
 
-/// Clustered data: 6 centres in 48 dimensions plus small noise, so J*(σ) has a plateau, a
-/// rise and saturation across the tested σ.
-fn clustered(n: usize, d: usize) -> DenseRows {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut uniform = move || {
+/// A xorshift64 stream of uniform values in [−1, 1) from a non-zero seed.
+fn uniform_stream(mut state: u64) -> impl FnMut() -> f64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    };
+    }
+}
+
+/// Clustered data: 6 centres in 48 dimensions plus small noise, so J*(σ) has a plateau, a
+/// rise and saturation across the tested σ.
+fn clustered(n: usize, d: usize) -> DenseRows {
+    let mut uniform = uniform_stream(0x2545_F491_4F6C_DD1D);
     let centres: Vec<Vec<f64>> = (0..6)
         .map(|_| (0..d).map(|_| uniform()).collect())
         .collect();
@@ -634,13 +638,7 @@ fn optimizer_kernels_agree() {
 fn inception_features_agree() {
     use lossfloor_fid::inception::ConvParams;
     use lossfloor_fid::{InceptionV3, InceptionWeights};
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0
-    };
+    let mut uniform = uniform_stream(0x9E37_79B9_7F4A_7C15);
     let mut convs = std::collections::BTreeMap::new();
     let table = include_str!("../crates/lossfloor-fid/tests/fixtures/inception_layers.txt");
     for line in table.lines().filter(|l| !l.starts_with('#')) {
@@ -649,7 +647,7 @@ fn inception_features_agree() {
         let (out, fan_in) = (n[0], n[1] * n[2] * n[3]);
         let scale = (6.0 / fan_in as f32).sqrt(); // uniform(±a) has variance a²/3 = 2/fan_in
         let mut vec = |len: usize, a: f32, b: f32| -> Tensor {
-            let v: Vec<f32> = (0..len).map(|_| a + b * uniform()).collect();
+            let v: Vec<f32> = (0..len).map(|_| a + b * uniform() as f32).collect();
             Tensor::from_vec(v, len, &Device::Cpu).unwrap()
         };
         let weight = vec(out * fan_in, 0.0, scale)

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use lossfloor_fid::{InceptionV3, InceptionWeights, FEATURE_DIM};
+use lossfloor_fid::{InceptionV3, InceptionWeights};
 
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("bench inception: {msg}");
@@ -36,21 +36,6 @@ fn sync(t: &candle_core::Tensor) {
         .and_then(|t| t.narrow(0, 0, 1))
         .and_then(|t| t.to_vec1::<f32>())
         .unwrap_or_else(|e| fail(e));
-}
-
-fn write_features(path: &Path, rows: &[f32]) {
-    use npyz::WriterBuilder;
-    let n = rows.len() / FEATURE_DIM;
-    let mut bytes = Vec::new();
-    let mut w = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(&[n as u64, FEATURE_DIM as u64])
-        .writer(&mut bytes)
-        .begin_nd()
-        .unwrap_or_else(|e| fail(e));
-    w.extend(rows.iter().copied()).unwrap_or_else(|e| fail(e));
-    w.finish().unwrap_or_else(|e| fail(e));
-    std::fs::write(path, bytes).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
 }
 
 fn main() {
@@ -125,11 +110,7 @@ fn main() {
         );
     }
     if let (Some(path), Some(f)) = (features_out, last) {
-        let rows = f
-            .narrow(0, 0, n.min(64))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .unwrap_or_else(|e| fail(e));
-        write_features(&path, &rows);
+        let rows = f.narrow(0, 0, n.min(64)).unwrap_or_else(|e| fail(e));
+        lossfloor_sampler::io::save_npy_f32(&path, &rows).unwrap_or_else(|e| fail(e));
     }
 }

@@ -617,6 +617,20 @@ fn bilinear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
+/// The detector's input check: 1 or 3 channels, non-empty images, and `n·c·h·w` bytes.
+fn check_images(images: &[u8], n: usize, c: usize, h: usize, w: usize) -> Result<(), FidError> {
+    if c != 1 && c != 3 {
+        return Err(FidError::Input(format!("{c} channels (expected 1 or 3)")));
+    }
+    if h == 0 || w == 0 || images.len() != n * c * h * w {
+        return Err(FidError::Input(format!(
+            "{} bytes for {n}x{c}x{h}x{w} images",
+            images.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The TF-1 bilinear resize along one axis as a `[n_out, n_in]` matrix R, so that a
 /// plane X `[h, w]` resizes to `R_h · X · R_wᵀ` (the resize is separable). Each row holds
 /// the two weights of [`bilinear_taps`].
@@ -642,15 +656,7 @@ pub fn preprocess_tensor(
     w: usize,
     device: &Device,
 ) -> Result<Tensor, FidError> {
-    if c != 1 && c != 3 {
-        return Err(FidError::Input(format!("{c} channels (expected 1 or 3)")));
-    }
-    if h == 0 || w == 0 || images.len() != n * c * h * w {
-        return Err(FidError::Input(format!(
-            "{} bytes for {n}x{c}x{h}x{w} images",
-            images.len()
-        )));
-    }
+    check_images(images, n, c, h, w)?;
     let s = INPUT_SIZE;
     let x = Tensor::from_slice(images, (n, c, h, w), device)?.to_dtype(DType::F32)?;
     let x = if c == 1 {
@@ -706,15 +712,7 @@ pub fn preprocess(
     h: usize,
     w: usize,
 ) -> Result<Vec<f32>, FidError> {
-    if c != 1 && c != 3 {
-        return Err(FidError::Input(format!("{c} channels (expected 1 or 3)")));
-    }
-    if h == 0 || w == 0 || images.len() != n * c * h * w {
-        return Err(FidError::Input(format!(
-            "{} bytes for {n}x{c}x{h}x{w} images",
-            images.len()
-        )));
-    }
+    check_images(images, n, c, h, w)?;
     let plane = INPUT_SIZE * INPUT_SIZE;
     let mut out = Vec::with_capacity(n * 3 * plane);
     for img in images.chunks_exact(c * h * w) {
