@@ -351,7 +351,7 @@ fn diagnose_reads_stats_and_prints_region_gaps() {
                 let sigma = 0.01 * 10f64.powi(i);
                 let jstar = 0.01 * i as f64;
                 serde_json::json!({
-                    "sigma": sigma, "sigma_lo": sigma / 2.0, "sigma_hi": sigma * 2.0, "n": 5,
+                    "sigma": sigma, "sigma_lo": sigma / 2.0, "sigma_hi": sigma * 2.0, "n": 32,
                     "loss": jstar + scale * (i + 1) as f64, "jstar": jstar, "gap": scale * (i + 1) as f64,
                 })
             })

@@ -345,6 +345,8 @@ fn training_steps_agree() {
             spec: "toy".into(),
             n: 16,
             dim: 64,
+            xflip: false,
+            limit: None,
         },
         method: "exact".into(),
         params: Default::default(),

@@ -160,16 +160,12 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     );
     bar.set_message(format!("{method} × {} σ", sigmas.len()));
     let t1 = Instant::now();
-    let mut label = spec.to_string();
-    if args.xflip {
-        label.push_str(" +xflip");
-    }
-    if let Some(n) = args.limit {
-        label.push_str(&format!(" (first {n})"));
-    }
-    let curve = estimate_on(&device, &data, &label, &sigmas, &params, &|k| {
+    let mut curve = estimate_on(&device, &data, &spec.to_string(), &sigmas, &params, &|k| {
         bar.inc(k as u64)
     })?;
+    // What a trainer checks the curve against (lossfloor_train::curve_match).
+    curve.dataset.xflip = args.xflip;
+    curve.dataset.limit = args.limit;
     bar.finish_and_clear();
     eprintln!(
         "estimated {} points in {:.2}s",

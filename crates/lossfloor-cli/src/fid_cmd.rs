@@ -150,7 +150,11 @@ fn rows_to_u8(rows: &[f32], out: &mut Vec<u8>) {
 }
 
 /// Inception statistics of the first `count` images of `data`, with a progress bar.
-fn dataset_stats(net: &InceptionV3, data: &Dataset, count: usize) -> Result<FeatureStats> {
+pub(crate) fn dataset_stats(
+    net: &InceptionV3,
+    data: &Dataset,
+    count: usize,
+) -> Result<FeatureStats> {
     let shape = data.shape();
     let (c, h, w) = (shape.channels, shape.height, shape.width);
     let bar = ProgressBar::new(count as u64).with_style(

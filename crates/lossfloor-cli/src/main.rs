@@ -2,11 +2,14 @@
 
 mod curve_cmd;
 mod diagnose;
+mod diagnose_eval;
 mod estimate;
 mod fid_cmd;
 mod plot;
 mod sample;
 mod sigmas;
+mod study;
+mod study_report;
 
 use std::process::ExitCode;
 
@@ -41,6 +44,7 @@ enum Command {
     /// Generate images from a network checkpoint with EDM's sampler.
     Sample(sample::SampleArgs),
     Diagnose(diagnose::DiagnoseArgs),
+    Study(study::StudyArgs),
 }
 
 /// Opens the device of a `--device` flag; the error names the flag and the accepted values.
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Train(args) => lossfloor_train::run_train(args),
         Command::Sample(args) => sample::run(args),
         Command::Diagnose(args) => diagnose::run(args),
+        Command::Study(args) => study::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

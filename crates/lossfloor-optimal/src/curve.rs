@@ -15,6 +15,37 @@ pub struct DatasetInfo {
     pub n: usize,
     /// Values per row D.
     pub dim: usize,
+    /// Whether the rows include x-flipped copies (`--xflip`; then N counts both).
+    #[serde(default)]
+    pub xflip: bool,
+    /// The first `limit` images of the spec only (`--limit`), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl DatasetInfo {
+    /// The spec and (x-flip, limit) of this record. Curve files written before these
+    /// fields existed carried them in the spec string as ` +xflip` and ` (first N)`
+    /// suffixes; those are read back here.
+    pub fn normalized(&self) -> (String, bool, Option<usize>) {
+        let mut spec = self.spec.trim().to_string();
+        let mut limit = self.limit;
+        if let Some(open) = spec.rfind(" (first ") {
+            if let Some(n) = spec[open + 8..]
+                .strip_suffix(')')
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                limit = limit.or(Some(n));
+                spec.truncate(open);
+            }
+        }
+        let mut xflip = self.xflip;
+        if let Some(base) = spec.strip_suffix(" +xflip") {
+            xflip = true;
+            spec = base.to_string();
+        }
+        (spec, xflip, limit)
+    }
 }
 
 /// One point of the curve: the per-dimension x0-MSE floor at σ̂.

@@ -161,6 +161,8 @@ pub fn estimate_on(
             spec: dataset_spec.to_string(),
             n,
             dim: data.row_dim(),
+            xflip: false,
+            limit: None,
         },
         method: params.method.name().to_string(),
         params: meta,

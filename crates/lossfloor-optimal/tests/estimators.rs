@@ -346,6 +346,8 @@ fn curve_interpolation_and_sigma_star() {
             spec: "t".into(),
             n: 1,
             dim: 1,
+            xflip: false,
+            limit: None,
         },
         method: "exact".into(),
         params: Default::default(),

@@ -49,6 +49,60 @@ pub struct Config {
     /// The optimal-loss curve J*(σ̂) of the training data.
     #[serde(default)]
     pub optimal_loss: OptimalLossConfig,
+    /// The unbiased per-σ̂ evaluation of the network against J* (`eval_gap`).
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// `[eval]`: the network's loss per σ̂ on a fixed query set, without dropout
+/// ([`crate::eval_gap`]), logged to `RUN_DIR/eval.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Evaluate the raw and EMA networks every this many ticks (and at the end); 0 = never
+    /// (the adaptive schedule still evaluates the raw network at each refresh when
+    /// `schedule.gap_source = "eval"`).
+    #[serde(default)]
+    pub ticks: u64,
+    /// Queries per σ̂ (M); the standard error falls as 1/√M.
+    #[serde(default = "d_eval_queries")]
+    pub queries: usize,
+    /// Held-out data for a generalisation loss: `auto` (the spec's test split where one
+    /// exists: `fashion-mnist:test`, CIFAR-10's `test_batch.bin`), `none`, or a data spec.
+    #[serde(default = "d_eval_test")]
+    pub test: String,
+    /// Seed of the query set. It does not follow `train.seed`, so that runs of different
+    /// seeds and arms of a study are measured on the same queries.
+    #[serde(default)]
+    pub seed: u64,
+}
+fn d_eval_queries() -> usize {
+    64
+}
+fn d_eval_test() -> String {
+    "auto".into()
+}
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            ticks: 0,
+            queries: d_eval_queries(),
+            test: d_eval_test(),
+            seed: 0,
+        }
+    }
+}
+
+/// Where the adaptive schedule's gap J_σ̂(θ) − J*(σ̂) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GapSource {
+    /// The evaluator's loss of the raw network on fixed queries, without dropout, at each
+    /// refresh: unbiased, with standard error s/√M per σ̂.
+    Eval,
+    /// A per-bin EMA of the training batches' losses: free, but measured with dropout on
+    /// and over a changing model, so it overstates the gap by the dropout penalty.
+    Train,
 }
 
 /// `[data]`
@@ -267,6 +321,12 @@ pub struct ScheduleConfig {
     /// Probability of drawing σ̂ from the native distribution instead.
     #[serde(default = "d_mix")]
     pub mix: f64,
+    /// Source of the gap that steers p(σ̂): `eval` (unbiased) or `train`.
+    #[serde(default = "d_gap_source")]
+    pub gap_source: GapSource,
+}
+fn d_gap_source() -> GapSource {
+    GapSource::Eval
 }
 fn d_native() -> ScheduleKind {
     ScheduleKind::Native
@@ -318,6 +378,7 @@ impl Default for ScheduleConfig {
             loss_ema: d_loss_ema(),
             gap_floor: d_gap_floor(),
             mix: d_mix(),
+            gap_source: d_gap_source(),
         }
     }
 }
@@ -553,6 +614,10 @@ pub struct OptimalLossConfig {
     /// (`[optimal_loss.estimate]`), into `RUN_DIR/optimal-loss-curve.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<CurveEstimateConfig>,
+    /// Accept a curve whose recorded data (spec, rows, dimension, x-flip, limit) differs
+    /// from the training data's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_mismatch: bool,
 }
 
 /// `[optimal_loss.estimate]`: the estimator and budget of a curve computed at start.
@@ -740,6 +805,15 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&s.mix) {
             bail!("schedule.mix must lie in [0, 1]");
+        }
+        if self.eval.queries < 2 {
+            bail!("eval.queries = {} must be at least 2", self.eval.queries);
+        }
+        if self.eval.test != "auto" && self.eval.test != "none" {
+            self.eval
+                .test
+                .parse::<lossfloor_data::DataSpec>()
+                .map_err(|e| anyhow!("eval.test: expected auto, none or a data spec: {e}"))?;
         }
         let needs_curve =
             s.kind == ScheduleKind::OptimalLoss || self.loss_weight() == LossWeight::OptimalLoss;

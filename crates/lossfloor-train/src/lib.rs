@@ -3,6 +3,8 @@
 //! - [`config`]: the TOML config, overrides, validation (`docs/config.md`);
 //! - [`adam`]: Adam with saveable state, learning-rate schedule, gradient clean-up;
 //! - [`ema`]: EDM's EMA with half-life ramp-up;
+//! - [`eval_gap`]: the evaluator: per-σ̂ loss on fixed queries without dropout, and its gap to J*;
+//! - [`curve_match`]: a curve must describe the training data;
 //! - [`schedule`]: the optimal-loss weight w(σ̂) and adaptive p(σ̂), per-σ̂ bin stats;
 //! - [`state`]: atomic safetensors training states;
 //! - [`train`]: the loop ([`Trainer`]), deterministic data order and RNG streams;
@@ -10,7 +12,9 @@
 
 pub mod adam;
 pub mod config;
+pub mod curve_match;
 pub mod ema;
+pub mod eval_gap;
 pub mod schedule;
 pub mod state;
 pub mod train;
@@ -65,5 +69,5 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let dataset = load_dataset(&cfg)?;
     // A progress bar on a terminal; plain tick lines otherwise (logs, nohup, CI).
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    train_with_dataset(cfg, dataset, &run_dir, &resume, progress)
+    train_with_dataset(cfg, dataset, &run_dir, &resume, progress).map(|_| ())
 }

@@ -7,9 +7,12 @@
 //! ```
 //!
 //! p is a histogram over `bins` equal bins of ln σ̂ in [ln sigma_min, ln sigma_max]
-//! (uniform in ln σ̂ inside a bin), with J(θ) a per-bin EMA of the training loss
-//! (per-dimension ‖D − x0‖², x0 units, the same units as J*) refreshed every
-//! `refresh_kimg`; w and J* are evaluated at the bin's centre in ln σ̂. A draw comes from
+//! (uniform in ln σ̂ inside a bin), refreshed every `refresh_kimg`. J(θ) (per-dimension
+//! ‖D − x0‖², x0 units, the same units as J*) is by default the evaluator's unbiased loss
+//! of the raw network on fixed queries without dropout (`crate::eval_gap`, interpolated
+//! in ln σ̂ to the bin centres); with `gap_source = "train"` it is a per-bin EMA of the
+//! training batches' losses, which overstates the gap by the dropout penalty and lags
+//! the model. w and J* are evaluated at the bin's centre in ln σ̂. A draw comes from
 //! the native distribution with probability `mix` (and always before the first refresh),
 //! else from the histogram. Bins that were never observed get the largest observed gap.
 //! No importance correction is applied: the loss of a draw is weighted by w alone, as in
@@ -115,7 +118,8 @@ mod bits {
 /// floats are serialised as IEEE-754 bit patterns so that resumes are exact).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveState {
-    /// Per-bin EMA of the per-dimension x0 loss (None = never observed).
+    /// Per-bin estimate of the network's per-dimension x0 loss J(θ): an EMA of training
+    /// losses (`gap_source = "train"`) or the last evaluation (`"eval"`); None = none yet.
     #[serde(serialize_with = "bits::ser_opt", deserialize_with = "bits::de_opt")]
     pub loss_ema: Vec<Option<f64>>,
     /// Loss sums since the last refresh.
@@ -217,14 +221,29 @@ impl AdaptiveSchedule {
         }
     }
 
-    /// Refreshes p when `nimg` has reached the next refresh point.
-    pub fn maybe_refresh(&mut self, nimg: u64) {
+    /// Whether `nimg` has reached the next refresh point (then the point moves on to the
+    /// next multiple of `refresh_kimg`).
+    pub fn take_refresh(&mut self, nimg: u64) -> bool {
         if nimg < self.state.next_refresh_nimg {
-            return;
+            return false;
         }
         while self.state.next_refresh_nimg <= nimg {
             self.state.next_refresh_nimg += self.refresh_nimg;
         }
+        true
+    }
+
+    /// Refreshes p from the training losses observed since the last refresh
+    /// (`schedule.gap_source = "train"`) when `nimg` has reached the next refresh point.
+    pub fn maybe_refresh(&mut self, nimg: u64) {
+        if self.take_refresh(nimg) {
+            self.refresh_from_training();
+        }
+    }
+
+    /// J(θ) per bin ← EMA of the mean training loss observed in the bin since the last
+    /// refresh; then p is recomputed.
+    pub fn refresh_from_training(&mut self) {
         let s = &mut self.state;
         for b in 0..s.acc_n.len() {
             if s.acc_n[b] > 0 {
@@ -236,6 +255,20 @@ impl AdaptiveSchedule {
             }
             s.acc_sum[b] = 0.0;
             s.acc_n[b] = 0;
+        }
+        self.state.probs = self.probabilities();
+    }
+
+    /// J(θ) per bin ← the evaluator's loss of the current network (`eval_gap`), given at
+    /// `sigmas` (increasing) and interpolated linearly in ln σ̂ to the bin centres
+    /// (constant beyond the grid); then p is recomputed (`schedule.gap_source = "eval"`).
+    pub fn refresh_from_eval(&mut self, sigmas: &[f64], losses: &[f64]) {
+        for (b, w) in self.ln_edges.windows(2).enumerate() {
+            let centre = (0.5 * (w[0] + w[1])).exp();
+            let loss = crate::eval_gap::interpolate_ln(sigmas, losses, centre);
+            self.state.loss_ema[b] = loss.is_finite().then_some(loss);
+            self.state.acc_sum[b] = 0.0;
+            self.state.acc_n[b] = 0;
         }
         self.state.probs = self.probabilities();
     }
@@ -302,6 +335,8 @@ pub struct BinStats {
     pub ln_edges: Vec<f64>,
     /// Sums of the per-dimension x0 loss.
     pub sum: Vec<f64>,
+    /// Sums of its squares (for the standard error of the mean).
+    pub sum_sq: Vec<f64>,
     /// Counts.
     pub n: Vec<u64>,
 }
@@ -312,6 +347,7 @@ impl BinStats {
         Self {
             ln_edges: ln_edges(0.002, 80.0, bins),
             sum: vec![0.0; bins],
+            sum_sq: vec![0.0; bins],
             n: vec![0; bins],
         }
     }
@@ -320,6 +356,7 @@ impl BinStats {
     pub fn add(&mut self, sigma: f64, loss: f64) {
         if let Some(b) = bin_of(&self.ln_edges, sigma) {
             self.sum[b] += loss;
+            self.sum_sq[b] += loss * loss;
             self.n[b] += 1;
         }
     }
@@ -327,6 +364,7 @@ impl BinStats {
     /// Clears the counts.
     pub fn reset(&mut self) {
         self.sum.iter_mut().for_each(|s| *s = 0.0);
+        self.sum_sq.iter_mut().for_each(|s| *s = 0.0);
         self.n.iter_mut().for_each(|n| *n = 0);
     }
 
@@ -335,6 +373,22 @@ impl BinStats {
         self.ln_edges
             .windows(2)
             .map(|w| (0.5 * (w[0] + w[1])).exp())
+            .collect()
+    }
+
+    /// Standard error s/√n of each bin's mean (None below two samples).
+    pub fn stderrs(&self) -> Vec<Option<f64>> {
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .zip(&self.n)
+            .map(|((s, q), &n)| {
+                (n > 1).then(|| {
+                    let nf = n as f64;
+                    let var = ((q - s * s / nf) / (nf - 1.0)).max(0.0);
+                    (var / nf).sqrt()
+                })
+            })
             .collect()
     }
 

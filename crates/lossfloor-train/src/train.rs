@@ -30,8 +30,12 @@ use rand_distr::StandardNormal;
 use serde_json::json;
 
 use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam};
-use crate::config::{Config, CurveEstimateConfig, LossWeight, NetworkConfig, ScheduleKind};
+use crate::config::{
+    Config, CurveEstimateConfig, GapSource, LossWeight, NetworkConfig, ScheduleKind,
+};
+use crate::curve_match::check_curve_matches;
 use crate::ema::{ema_beta, Ema};
+use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
 use crate::schedule::{AdaptiveSchedule, BinStats, OptimalWeight};
 use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, StateTensors};
 
@@ -102,6 +106,7 @@ pub struct Trainer {
     weight: Weight,
     adaptive: Option<AdaptiveSchedule>,
     curve: Option<Curve>,
+    evaluator: RunEvaluator,
     /// Optimizer steps taken.
     pub step: u64,
     /// Images seen.
@@ -109,6 +114,7 @@ pub struct Trainer {
     cur_tick: u64,
     tick_start_nimg: u64,
     elapsed_before: f64,
+    elapsed_total: f64,
     perm: (u64, Vec<u32>),
     /// Show a progress bar (on by default; off in tests).
     pub progress: bool,
@@ -147,10 +153,31 @@ impl Trainer {
         let ema = Ema::new(&vars)?;
         let process = cfg.precond.build()?;
         let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
-            (Some(p), _) => Some(Curve::load(p)?),
-            (None, Some(e)) => Some(estimated_curve(e, &dataset, &run_dir, &device)?),
+            (Some(p), _) => {
+                let c = Curve::load(p)?;
+                check_curve_matches(&c, p, &cfg.data, &dataset, cfg.optimal_loss.allow_mismatch)?;
+                Some(c)
+            }
+            (None, Some(e)) => {
+                let c = estimated_curve(e, &cfg.data, &dataset, &run_dir, &device)?;
+                check_curve_matches(
+                    &c,
+                    &run_dir.join(ESTIMATED_CURVE_FILE),
+                    &cfg.data,
+                    &dataset,
+                    cfg.optimal_loss.allow_mismatch,
+                )?;
+                Some(c)
+            }
             (None, None) => None,
         };
+        let evaluator = RunEvaluator::new(
+            curve.as_ref(),
+            &cfg.eval,
+            &cfg.data.spec,
+            dataset.len(),
+            cfg.train.round_batch(),
+        )?;
         let optimal = || -> Result<OptimalWeight> {
             let c = curve
                 .clone()
@@ -182,11 +209,13 @@ impl Trainer {
             weight,
             adaptive,
             curve,
+            evaluator,
             step: 0,
             nimg: 0,
             cur_tick: 0,
             tick_start_nimg: 0,
             elapsed_before: 0.0,
+            elapsed_total: 0.0,
             perm,
             progress: true,
         })
@@ -457,10 +486,85 @@ impl Trainer {
         self.nimg += batch as u64;
         self.step += 1;
         acc.lr = lr;
-        if let Some(a) = self.adaptive.as_mut() {
-            a.maybe_refresh(self.nimg);
+        let nimg = self.nimg;
+        if self.adaptive.as_mut().is_some_and(|a| a.take_refresh(nimg)) {
+            match self.cfg.schedule.gap_source {
+                GapSource::Train => {
+                    if let Some(a) = self.adaptive.as_mut() {
+                        a.refresh_from_training();
+                    }
+                }
+                GapSource::Eval => {
+                    let raw = self.evaluate(true, false, false)?.raw.unwrap_or_default();
+                    let losses: Vec<f64> = raw.iter().map(|l| l.loss).collect();
+                    let sigmas = self.evaluator.sigmas().to_vec();
+                    if let Some(a) = self.adaptive.as_mut() {
+                        a.refresh_from_eval(&sigmas, &losses);
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The evaluator's per-σ̂ losses (`eval_gap`): of the raw network and of the EMA on
+    /// the training queries, and of the EMA on the held-out queries, as asked. No
+    /// training RNG stream or weight is touched.
+    pub fn evaluate(&self, raw: bool, ema: bool, test: bool) -> Result<EvalRecord> {
+        let spec = self.network_spec();
+        let precond = self.precond_spec();
+        let ev = &self.evaluator;
+        let label_dim = self.net_cfg.label_dim();
+        let dev = &self.device;
+        let raw = if raw {
+            let den = TensorsDenoiser::new(&spec, &precond, varmap_tensors(&self.varmap)?, dev)?;
+            Some(den.evaluate(&self.dataset, &ev.train, label_dim, ev.batch, dev)?)
+        } else {
+            None
+        };
+        let (ema, test_ema) = if ema || test {
+            let den = TensorsDenoiser::new(&spec, &precond, self.ema_network_tensors()?, dev)?;
+            let e = if ema {
+                den.evaluate(&self.dataset, &ev.train, label_dim, ev.batch, dev)?
+            } else {
+                Vec::new()
+            };
+            let t = match (&ev.test, test) {
+                (Some((_, data, q)), true) => {
+                    Some(den.evaluate(data, q, label_dim, ev.batch, dev)?)
+                }
+                _ => None,
+            };
+            (e, t)
+        } else {
+            (Vec::new(), None)
+        };
+        Ok(EvalRecord { raw, ema, test_ema })
+    }
+
+    /// The run's evaluator (its σ̂ grid, floor and query sets).
+    pub fn evaluator(&self) -> &RunEvaluator {
+        &self.evaluator
+    }
+
+    /// The path of the EMA snapshot written at the current step.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.run_dir
+            .join(format!("network-snapshot-{:010}.safetensors", self.nimg))
+    }
+
+    /// Seconds of training so far, over all starts of the run.
+    pub fn elapsed_s(&self) -> f64 {
+        self.elapsed_total
+    }
+
+    /// Evaluates the raw and EMA networks (and the EMA on held-out data) and appends the
+    /// line to `eval.jsonl`; returns the line.
+    pub fn write_eval(&self) -> Result<serde_json::Value> {
+        let rec = self.evaluate(true, true, true)?;
+        let line = self.evaluator.json_line(&rec, self.nimg, self.step);
+        append_line(&self.run_dir.join(EVAL_FILE), &line.to_string())?;
+        Ok(line)
     }
 
     /// The network's architecture as checkpoints describe it.
@@ -494,9 +598,7 @@ impl Trainer {
 
     /// Writes an EMA network snapshot readable by `lossfloor_nets::checkpoint::load_network`.
     pub fn save_snapshot(&self) -> Result<PathBuf> {
-        let path = self
-            .run_dir
-            .join(format!("network-snapshot-{:010}.safetensors", self.nimg));
+        let path = self.snapshot_path();
         let spec = self.network_spec();
         let precond = self.precond_spec();
         let tensors = self.ema_network_tensors()?;
@@ -554,6 +656,7 @@ impl Trainer {
         total: f64,
     ) -> serde_json::Value {
         let centres = bins.centres();
+        let stderrs = bins.stderrs();
         let bin_rows: Vec<_> = bins
             .means()
             .iter()
@@ -570,6 +673,7 @@ impl Trainer {
                     "sigma_hi": bins.ln_edges[i + 1].exp(),
                     "n": bins.n[i],
                     "loss": m,
+                    "loss_se": stderrs[i],
                     "jstar": jstar,
                     "gap": gap,
                 })
@@ -616,7 +720,7 @@ impl Trainer {
         let mut acc = TickAcc::default();
         let t0 = Instant::now();
         let mut tick_t0 = Instant::now();
-        let stats_path = self.run_dir.join("stats.jsonl");
+        let stats_path = self.run_dir.join(STATS_FILE);
         while self.nimg < total_nimg {
             self.train_step(&mut bins, &mut acc)?;
             pb.set_position(self.nimg.min(total_nimg));
@@ -661,6 +765,36 @@ impl Trainer {
             self.cur_tick += 1;
             self.tick_start_nimg = self.nimg;
             let every = |k: u64| done || (k > 0 && self.cur_tick.is_multiple_of(k));
+            if every(self.cfg.eval.ticks) {
+                let line = self.write_eval()?;
+                let regions = &line["regions"]["ema"];
+                let text = ["below", "around", "above"]
+                    .iter()
+                    .filter_map(|r| {
+                        let g = &regions[*r];
+                        Some(format!(
+                            " {r} {:.5}±{:.5}",
+                            g["gap"].as_f64()?,
+                            g["se"].as_f64()?
+                        ))
+                    })
+                    .collect::<String>();
+                let msg = format!(
+                    "eval kimg {:.3}: EMA gap (no dropout, {} queries per σ̂){}",
+                    self.nimg as f64 / 1000.0,
+                    self.cfg.eval.queries,
+                    if text.is_empty() {
+                        " n/a (no curve)".into()
+                    } else {
+                        text
+                    }
+                );
+                if self.progress {
+                    pb.println(msg);
+                } else {
+                    eprintln!("{msg}");
+                }
+            }
             if every(self.cfg.train.snapshot_ticks) {
                 self.save_snapshot()?;
             }
@@ -677,6 +811,7 @@ impl Trainer {
             tick_t0 = Instant::now();
         }
         pb.finish_and_clear();
+        self.elapsed_total = self.elapsed_before + t0.elapsed().as_secs_f64();
         Ok(())
     }
 }
@@ -705,12 +840,19 @@ fn append_line(path: &Path, line: &str) -> Result<()> {
 /// The file a curve estimated at start (`[optimal_loss.estimate]`) is written to.
 pub const ESTIMATED_CURVE_FILE: &str = "optimal-loss-curve.json";
 
+/// The per-tick loss statistics of a run.
+pub const STATS_FILE: &str = "stats.jsonl";
+
+/// The evaluator's lines (`[eval] ticks`).
+pub const EVAL_FILE: &str = "eval.jsonl";
+
 /// The optimal-loss curve of the training data under `[optimal_loss.estimate]`: read from
 /// `run_dir/optimal-loss-curve.json` when an earlier start of this run wrote it (so a
 /// resumed run uses the same curve), else estimated now and written there atomically.
 /// The exact estimator runs on the run's device; the others on the CPU.
 fn estimated_curve(
     est: &CurveEstimateConfig,
+    data: &crate::config::DataConfig,
     dataset: &Dataset,
     run_dir: &Path,
     device: &Device,
@@ -734,15 +876,11 @@ fn estimated_curve(
         sigmas.len()
     );
     let t0 = Instant::now();
-    let curve = lossfloor_optimal::estimate_on(
-        &device,
-        dataset,
-        dataset.source(),
-        &sigmas,
-        &params,
-        &|_| {},
-    )
-    .context("optimal_loss.estimate")?;
+    let mut curve =
+        lossfloor_optimal::estimate_on(&device, dataset, &data.spec, &sigmas, &params, &|_| {})
+            .context("optimal_loss.estimate")?;
+    curve.dataset.xflip = data.xflip;
+    curve.dataset.limit = data.limit;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
     curve
@@ -803,7 +941,7 @@ pub fn train_with_dataset(
     run_dir: &Path,
     resume: &Resume,
     progress: bool,
-) -> Result<()> {
+) -> Result<Trainer> {
     let existing = latest_state(run_dir)?;
     let from = match (resume, existing) {
         (Resume::No, Some(p)) => bail!(
@@ -821,16 +959,42 @@ pub fn train_with_dataset(
     crate::state::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     let mut t = Trainer::new(cfg, dataset, run_dir.to_path_buf())?;
     t.progress = progress;
-    if let Some(p) = from {
-        t.load_state(&p)?;
-        eprintln!("resumed from {} at {} images", p.display(), t.nimg);
-        let dropped = trim_stats(&run_dir.join("stats.jsonl"), t.nimg)?;
-        if dropped > 0 {
+    match from {
+        Some(p) => {
+            t.load_state(&p)?;
+            eprintln!("resumed from {} at {} images", p.display(), t.nimg);
+            for name in [STATS_FILE, EVAL_FILE] {
+                let dropped = trim_stats(&run_dir.join(name), t.nimg)?;
+                if dropped > 0 {
+                    eprintln!(
+                        "{name}: dropped {dropped} line(s) logged after that state (they are \
+                         logged again as training repeats those steps)"
+                    );
+                }
+            }
+        }
+        None => set_aside_stale_logs(run_dir)?,
+    }
+    t.run()?;
+    Ok(t)
+}
+
+/// A fresh start owns its logs: lines left by an earlier start that wrote no training
+/// state would otherwise be mixed with the new ones. Each such file is renamed to
+/// `NAME.stale` (replacing an older one) and the move is reported.
+fn set_aside_stale_logs(run_dir: &Path) -> Result<()> {
+    for name in [STATS_FILE, EVAL_FILE] {
+        let path = run_dir.join(name);
+        if path.is_file() {
+            let to = run_dir.join(format!("{name}.stale"));
+            std::fs::rename(&path, &to)
+                .with_context(|| format!("{}: cannot move the stale log aside", path.display()))?;
             eprintln!(
-                "stats.jsonl: dropped {dropped} line(s) logged after that state (they are \
-                 logged again as training repeats those steps)"
+                "{}: left by an earlier start without a training state; moved to {}",
+                path.display(),
+                to.display()
             );
         }
     }
-    t.run()
+    Ok(())
 }

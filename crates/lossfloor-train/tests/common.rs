@@ -19,9 +19,11 @@ pub fn toy_curve() -> Curve {
         .collect();
     Curve {
         dataset: DatasetInfo {
-            spec: "toy".into(),
+            spec: "npy:unused.npy".into(),
             n: 16,
             dim: 64,
+            xflip: false,
+            limit: None,
         },
         method: "exact".into(),
         params: Default::default(),

@@ -133,9 +133,11 @@ fn training_loss_approaches_the_exact_floor_from_above() {
     let curve_path = dir.path().join("curve.json");
     Curve {
         dataset: DatasetInfo {
-            spec: "sinusoids".into(),
+            spec: "npy:unused.npy".into(),
             n: N,
             dim: DIM,
+            xflip: false,
+            limit: None,
         },
         method: "brute-force".into(),
         params: Default::default(),

@@ -67,7 +67,9 @@ fn bits(t: &candle_core::Tensor) -> Vec<u32> {
 fn resumed_runs_equal_uninterrupted_run_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let curve = dir.path().join("curve.json");
-    common::toy_curve().save(&curve).unwrap();
+    let mut toy = common::toy_curve();
+    toy.dataset.n = 10; // the curve describes the 10-image data set below
+    toy.save(&curve).unwrap();
     let steps = 6u64;
     let kimg = |s: u64| (s * 4) as f64 / 1000.0;
     let data = common::tiny_dataset(10); // 24 images per run: crosses epochs
