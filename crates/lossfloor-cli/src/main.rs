@@ -10,6 +10,7 @@ mod sample;
 mod sigmas;
 mod study;
 mod study_report;
+mod weights_cmd;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,7 @@ enum Command {
     Sample(sample::SampleArgs),
     Diagnose(diagnose::DiagnoseArgs),
     Study(study::StudyArgs),
+    Weights(weights_cmd::WeightsArgs),
 }
 
 /// Opens the device of a `--device` flag; the error names the flag and the accepted values.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(args),
         Command::Diagnose(args) => diagnose::run(args),
         Command::Study(args) => study::run(args),
+        Command::Weights(args) => weights_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
