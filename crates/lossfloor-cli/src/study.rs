@@ -295,7 +295,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
         for &seed in &seeds {
             let kimg = *spec.eval_kimg.last().unwrap_or(&1.0);
             Config::load(&base, &run_overrides(arm, seed, kimg, &curve_path))
-                .with_context(|| format!("arm {}", arm.name))?;
+                .map_err(|e| anyhow!("arm {} (set = {:?}): {e:#}", arm.name, arm.set))?;
         }
     }
     std::fs::create_dir_all(&args.out)
@@ -385,8 +385,12 @@ fn fid_reference(
 ) -> Result<lossfloor_fid::Stats> {
     let path = args.out.join("fid-ref.npz");
     if !path.is_file() {
+        // The training images as configured, without x-flipped copies.
         let spec_data: lossfloor_data::DataSpec = base.data.spec.parse()?;
-        let data = lossfloor_data::load(&spec_data)?;
+        let mut data = lossfloor_data::load(&spec_data)?;
+        if let Some(n) = base.data.limit {
+            data = data.take_first(n);
+        }
         let count = spec.fid.ref_images.min(data.len());
         let net = InceptionV3::load_on(&args.weights, &Device::Cpu)?;
         eprintln!("FID reference: Inception features of the first {count} training images");

@@ -765,7 +765,8 @@ impl Trainer {
             self.cur_tick += 1;
             self.tick_start_nimg = self.nimg;
             let every = |k: u64| done || (k > 0 && self.cur_tick.is_multiple_of(k));
-            if every(self.cfg.eval.ticks) {
+            // Unlike snapshots and states, evaluations are off entirely at 0.
+            if self.cfg.eval.ticks > 0 && every(self.cfg.eval.ticks) {
                 let line = self.write_eval()?;
                 let regions = &line["regions"]["ema"];
                 let text = ["below", "around", "above"]
