@@ -50,7 +50,7 @@ pub struct EstimateArgs {
     /// Random seed: the result depends only on it, not on the thread count
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Worker threads (default: all cores)
+    /// Worker threads (default: all cores; at most 4 × the cores, and 1024)
     #[arg(long)]
     threads: Option<usize>,
     /// Add horizontally flipped copies of every image (estimate the floor of x-flip training)
@@ -96,6 +96,58 @@ pub fn check_output_path(path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most worker threads `--threads` accepts: 4 × the cores available (1024 when that
+/// is unknown), and never more than 1024. Threads beyond the cores only add switching and
+/// memory (each has its own stack and scratch), and creating 100 000 of them takes minutes.
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_mul(4))
+        .unwrap_or(1024)
+        .min(1024)
+}
+
+/// Refuses a `--threads` count of 0 or above [`max_threads`], before any thread is made.
+pub fn check_threads(t: usize) -> Result<()> {
+    if t == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let max = max_threads();
+    if t > max {
+        let cores = std::thread::available_parallelism()
+            .map(|n| format!("{n} cores available"))
+            .unwrap_or_else(|_| "core count unknown".into());
+        bail!(
+            "--threads {t} is more than {max} (4 × the cores, at most 1024; {cores}); \
+             more threads than cores only slow the estimate down"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a `--queries` count whose results could not fit in memory, before the data is
+/// loaded or anything is allocated.
+///
+/// Every estimator keeps one f64 per query and σ until the end (the per-query values behind
+/// the mean and its standard error), and gathers one σ's values at a time for the statistics:
+/// `queries × (K + 1) × 8` bytes for K noise levels. Queries are drawn and processed in
+/// tiles of 128–1024, so the data dimension adds only a bounded working set, not a per-query
+/// cost. The count is refused when that exceeds the machine's total memory (`MemTotal`; see
+/// `lossfloor_data::limits`): it could never succeed there, while anything below is left to
+/// run (and is bounded by the memory that is actually free).
+pub fn check_queries_memory(method: Method, queries: usize, n_sigmas: usize) -> Result<()> {
+    if method == Method::Gaussian {
+        return Ok(()); // closed form: no queries
+    }
+    let need = (queries as u128)
+        .checked_mul(n_sigmas as u128 + 1)
+        .and_then(|v| v.checked_mul(8));
+    lossfloor_data::limits::check_memory(
+        &format!("--queries {queries} (one 8-byte value per query and σ, {n_sigmas} σ)"),
+        need,
+    )
+    .map_err(|m| anyhow::anyhow!("{m}"))
+}
+
 pub fn run(args: EstimateArgs) -> Result<()> {
     let method: Method = args.method.parse()?;
     let sigmas = parse_sigmas(&args.sigmas)?;
@@ -107,10 +159,9 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         check_output_path(p, "--plot")?;
         check_font()?;
     }
+    check_queries_memory(method, args.queries, sigmas.len())?;
     if let Some(t) = args.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
+        check_threads(t)?;
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()

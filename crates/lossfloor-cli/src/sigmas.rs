@@ -2,8 +2,14 @@
 
 use anyhow::{bail, Context, Result};
 
+/// The most noise levels one grid may hold. Every σ costs a pass of the estimator over all
+/// queries and a value per query kept in memory (`queries × K × 8` bytes), and published
+/// curves use 32–64 points, so 10 000 is generous; a larger K is a typo, refused before
+/// anything is allocated for it.
+pub const MAX_SIGMAS: usize = 10_000;
+
 /// Parses `0.1,0.5,2` (a list) or `logspace:MIN:MAX:K` (K values log-uniform from MIN to MAX,
-/// both included). Every σ must be a finite number > 0.
+/// both included). Every σ must be a finite number > 0; at most [`MAX_SIGMAS`] of them.
 pub fn parse_sigmas(text: &str) -> Result<Vec<f64>> {
     let values = if let Some(rest) = text.strip_prefix("logspace:") {
         let parts: Vec<&str> = rest.split(':').collect();
@@ -25,11 +31,21 @@ pub fn parse_sigmas(text: &str) -> Result<Vec<f64>> {
         if k < 2 {
             bail!("--sigmas '{text}': expected K ≥ 2 points");
         }
+        if k > MAX_SIGMAS {
+            bail!(
+                "--sigmas '{text}': K = {k} points is more than the {MAX_SIGMAS} allowed; \
+                 expected e.g. logspace:0.002:80:32"
+            );
+        }
         let (a, b) = (min.ln(), max.ln());
         (0..k)
             .map(|i| (a + (b - a) * i as f64 / (k - 1) as f64).exp())
             .collect()
     } else {
+        let count = text.split(',').count();
+        if count > MAX_SIGMAS {
+            bail!("--sigmas: {count} values is more than the {MAX_SIGMAS} allowed");
+        }
         text.split(',')
             .map(|s| s.trim().parse::<f64>().with_context(|| format!("--sigmas: '{s}' is not a number (expected a list like 0.1,0.5,2 or logspace:MIN:MAX:K)")))
             .collect::<Result<Vec<_>>>()?
@@ -62,5 +78,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("'a' is not a number"));
+        assert_eq!(parse_sigmas("logspace:0.1:1:10000").unwrap().len(), 10_000);
+        let e = parse_sigmas("logspace:0.1:1:100000000000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("K = 100000000000") && e.contains("10000"), "{e}");
+        let e = parse_sigmas(&vec!["1"; 10_001].join(","))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10001 values"), "{e}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageFormat};
 
+use crate::limits::{check_memory, DEFLATE_MAX_RATIO};
 use crate::util::not_found;
 use crate::{DataError, Dataset, ImageShape};
 
@@ -21,6 +22,8 @@ enum Source {
     Zip {
         path: PathBuf,
         archive: zip::ZipArchive<BufReader<File>>,
+        /// Length of the archive file in bytes.
+        len: u64,
     },
     Dir(PathBuf),
 }
@@ -52,11 +55,20 @@ impl Source {
 
     fn read(&mut self, name: &str) -> Result<Vec<u8>, DataError> {
         match self {
-            Source::Zip { path, archive } => {
+            Source::Zip { path, archive, len } => {
                 let mut f = archive.by_name(name).map_err(|e| {
                     DataError::format(&*path, format!("entry {name}: cannot open ({e})"))
                 })?;
-                let mut buf = Vec::with_capacity(f.size() as usize);
+                // The declared size is only a hint: reserve no more than the entry's
+                // compressed bytes (within the archive) can unpack to; the buffer grows
+                // with the data actually read.
+                let packed = f.compressed_size().min(*len);
+                let ratio = match f.compression() {
+                    zip::CompressionMethod::Stored => 1,
+                    _ => DEFLATE_MAX_RATIO,
+                };
+                let hint = f.size().min(packed.saturating_mul(ratio)).min(1 << 30);
+                let mut buf = Vec::with_capacity(hint as usize);
                 f.read_to_end(&mut buf).map_err(|e| {
                     DataError::format(&*path, format!("entry {name}: cannot read ({e})"))
                 })?;
@@ -108,6 +120,7 @@ fn is_junk(name: &str) -> bool {
 /// Decodes one PNG into CHW bytes: L8 → 1 channel, RGB8 → 3 channels. RGBA, gray+alpha and
 /// 16-bit images are rejected.
 fn decode_png(src: &Source, name: &str, bytes: &[u8]) -> Result<(ImageShape, Vec<u8>), DataError> {
+    check_png_size(src, name, bytes)?;
     let img = image::load_from_memory_with_format(bytes, ImageFormat::Png).map_err(|e| {
         src.err(
             name,
@@ -134,6 +147,48 @@ fn decode_png(src: &Source, name: &str, bytes: &[u8]) -> Result<(ImageShape, Vec
                 "PNG color type {:?} is not supported; expected 8-bit grayscale (L) or RGB \
                  (alpha is not dropped silently: convert the image to RGB first)",
                 other.color()
+            ),
+        )),
+    }
+}
+
+/// Checks the size a PNG's header (IHDR) declares against the bytes present, before the
+/// decoder allocates for it: the filtered scanlines, `height × (1 + ⌈width × bits per
+/// pixel / 8⌉)` bytes, overflow-checked, must be within what the file's bytes can unpack to
+/// ([`DEFLATE_MAX_RATIO`]). Files too short to hold an IHDR are left to the decoder's error.
+fn check_png_size(src: &Source, name: &str, bytes: &[u8]) -> Result<(), DataError> {
+    if bytes.len() < 29 || &bytes[12..16] != b"IHDR" {
+        return Ok(());
+    }
+    let be = |o: usize| u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let (w, h) = (u64::from(be(16)), u64::from(be(20)));
+    let (depth, color) = (u64::from(bytes[24]), bytes[25]);
+    let samples = match color {
+        0 | 3 => 1,
+        4 => 2,
+        2 => 3,
+        6 => 4,
+        _ => return Ok(()), // an invalid color type: the decoder names it
+    };
+    let need = w
+        .checked_mul(samples * depth)
+        .map(|bits| bits.div_ceil(8) + 1)
+        .and_then(|row| row.checked_mul(h));
+    // Slack: an interlaced image has a filter byte per row of each of its 7 passes (at most
+    // 8 per image row in all), and a tiny image's zlib framing may outweigh its data.
+    let bound = (bytes.len() as u64)
+        .saturating_mul(DEFLATE_MAX_RATIO)
+        .saturating_add(1024 + 8 * h);
+    match need {
+        Some(n) if n <= bound => Ok(()),
+        _ => Err(src.err(
+            name,
+            format!(
+                "PNG header declares {w}x{h} pixels of {samples} channel(s) at {depth} bits, {}, \
+                 but the {}-byte file can unpack to at most {bound} bytes; the file is corrupt",
+                need.map(|n| format!("{n} bytes of scanlines"))
+                    .unwrap_or_else(|| "more bytes than fit in 64 bits".into()),
+                bytes.len()
             ),
         )),
     }
@@ -187,6 +242,10 @@ pub(crate) fn load_edm(path: &Path, source: String) -> Result<Dataset, DataError
         Source::Dir(path.to_path_buf())
     } else {
         let file = File::open(path).map_err(|e| DataError::io(path, "opening file", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| DataError::io(path, "reading file size", e))?
+            .len();
         let archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
             DataError::format(
                 path,
@@ -196,6 +255,7 @@ pub(crate) fn load_edm(path: &Path, source: String) -> Result<Dataset, DataError
         Source::Zip {
             path: path.to_path_buf(),
             archive,
+            len,
         }
     };
     let mut names = Vec::new();
@@ -240,7 +300,22 @@ pub(crate) fn load_edm(path: &Path, source: String) -> Result<Dataset, DataError
         match shape {
             None => {
                 shape = Some(s);
-                pixels.reserve_exact(s.dim() * names.len());
+                let bytes = s.dim().checked_mul(names.len());
+                check_memory(
+                    &format!("the pixels of {} images of {s}", names.len()),
+                    bytes.map(|b| b as u128),
+                )
+                .map_err(|m| DataError::format(path, m))?;
+                let bytes = bytes.expect("checked by check_memory");
+                pixels.try_reserve_exact(bytes).map_err(|_| {
+                    DataError::format(
+                        path,
+                        format!(
+                            "cannot allocate {bytes} bytes for {} images of {s}",
+                            names.len()
+                        ),
+                    )
+                })?;
             }
             Some(first) if first != s => {
                 return Err(src.err(

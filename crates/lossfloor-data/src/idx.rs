@@ -1,8 +1,10 @@
 //! IDX files (MNIST / Fashion-MNIST), plain or gzipped.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::util::read_maybe_gz;
+use crate::limits::{check_memory, checked_product, DEFLATE_MAX_RATIO};
+use crate::util::{fill, read_file, FillError};
 use crate::{DataError, Dataset, ImageShape};
 
 /// Magic of a uint8 image file (N×H×W).
@@ -19,29 +21,21 @@ fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Parses an IDX header, checks the magic and the exact size, and returns the dims and
-/// the data bytes.
-fn parse<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    magic: u32,
-) -> Result<(Vec<usize>, &'a [u8]), DataError> {
+/// Parses an IDX header (`head` holds at least the header bytes, or all there are) and
+/// checks the magic. Returns the dims and the header's length.
+fn parse_header(path: &Path, head: &[u8], magic: u32) -> Result<(Vec<usize>, usize), DataError> {
     let ndim = (magic & 0xff) as usize;
-    let what = if magic == IMAGES_MAGIC {
-        IMAGES_EXPECTED
-    } else {
-        LABELS_EXPECTED
-    };
-    if bytes.len() < 4 {
+    let what = expected_of(magic);
+    if head.len() < 4 {
         return Err(DataError::format(
             path,
             format!(
                 "truncated: {} bytes, too short for an IDX header; expected {what}",
-                bytes.len()
+                head.len()
             ),
         ));
     }
-    let found = be_u32(bytes);
+    let found = be_u32(head);
     if found != magic {
         let hint = match (found, magic) {
             (LABELS_MAGIC, IMAGES_MAGIC) => {
@@ -56,38 +50,142 @@ fn parse<'a>(
         ));
     }
     let header = 4 + 4 * ndim;
-    if bytes.len() < header {
+    if head.len() < header {
         return Err(DataError::format(
             path,
             format!(
                 "truncated: expected at least {header} header bytes, found {}",
-                bytes.len()
+                head.len()
             ),
         ));
     }
     let dims: Vec<usize> = (0..ndim)
-        .map(|k| be_u32(&bytes[4 + 4 * k..]) as usize)
+        .map(|k| be_u32(&head[4 + 4 * k..]) as usize)
         .collect();
-    let count = dims.iter().product::<usize>();
+    Ok((dims, header))
+}
+
+fn expected_of(magic: u32) -> &'static str {
+    if magic == IMAGES_MAGIC {
+        IMAGES_EXPECTED
+    } else {
+        LABELS_EXPECTED
+    }
+}
+
+fn dims_text(dims: &[usize]) -> String {
+    let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    d.join("x")
+}
+
+/// The data bytes the dims declare, overflow-checked: an overflow is an error naming the
+/// dims and what the file holds (`holds`, e.g. "32 bytes").
+fn declared_len(path: &Path, dims: &[usize], holds: &str) -> Result<usize, DataError> {
+    checked_product(dims).ok_or_else(|| {
+        DataError::format(
+            path,
+            format!(
+                "dims {} declare more than {} data bytes (the size overflows); the file holds {holds}",
+                dims_text(dims),
+                usize::MAX
+            ),
+        )
+    })
+}
+
+/// The error for data of the wrong length: `found` is the whole (unpacked) length, or
+/// `None` when more than expected was found; `gz` says the length is after gunzip.
+fn size_error(
+    path: &Path,
+    dims: &[usize],
+    header: usize,
+    count: usize,
+    found: Option<usize>,
+    gz: bool,
+) -> DataError {
     let expected = header + count;
-    if bytes.len() != expected {
-        let dims_s: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    let (kind, found) = match found {
+        Some(f) if f < expected => ("truncated", format!("{f} bytes")),
+        Some(f) => ("size mismatch", format!("{f} bytes")),
+        None => ("size mismatch", format!("more than {expected} bytes")),
+    };
+    DataError::format(
+        path,
+        format!(
+            "{kind}: expected {expected} bytes ({header}-byte header + {} data bytes), \
+             found {found}{}",
+            dims_text(dims),
+            if gz { " (after gunzip)" } else { "" }
+        ),
+    )
+}
+
+/// Reads an IDX file, plain or gzipped: checks the magic, then that the data its dims
+/// declare (overflow-checked) is exactly what the file holds before allocating for it. A
+/// gzipped file is unpacked only up to the declared size, which must be within what its
+/// bytes can unpack to ([`DEFLATE_MAX_RATIO`]) and within the machine's memory. Returns the
+/// dims and the data bytes.
+fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let what = expected_of(magic);
+    let mut raw = read_file(path, what)?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        let (dims, header) = parse_header(path, &raw, magic)?;
+        let present = raw.len() - header;
+        let count = declared_len(path, &dims, &format!("{present} data bytes"))?;
+        if count != present {
+            return Err(size_error(
+                path,
+                &dims,
+                header,
+                count,
+                Some(raw.len()),
+                false,
+            ));
+        }
+        raw.drain(..header);
+        return Ok((dims, raw));
+    }
+    let gz_err = |e: std::io::Error| {
+        DataError::format(
+            path,
+            format!("gzip stream is corrupt or truncated ({e}); expected {what}"),
+        )
+    };
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut head = vec![0u8; 4 + 4 * (magic & 0xff) as usize];
+    match fill(&mut dec, &mut head) {
+        Ok(()) => {}
+        Err(FillError::Eof(got)) => head.truncate(got),
+        Err(FillError::Io(e)) => return Err(gz_err(e)),
+    }
+    let (dims, header) = parse_header(path, &head, magic)?;
+    let bound = (raw.len() as u64).saturating_mul(DEFLATE_MAX_RATIO);
+    let holds = format!(
+        "a {}-byte gzip stream, at most {bound} bytes unpacked",
+        raw.len()
+    );
+    let count = declared_len(path, &dims, &holds)?;
+    if count as u64 > bound {
         return Err(DataError::format(
             path,
             format!(
-                "{}: expected {expected} bytes ({header}-byte header + {} data bytes), \
-                 found {} bytes (after gunzip)",
-                if bytes.len() < expected {
-                    "truncated"
-                } else {
-                    "size mismatch"
-                },
-                dims_s.join("x"),
-                bytes.len()
+                "truncated: dims {} declare {count} data bytes, but the file holds {holds}",
+                dims_text(&dims)
             ),
         ));
     }
-    Ok((dims, &bytes[header..]))
+    check_memory(&format!("dims {}", dims_text(&dims)), Some(count as u128))
+        .map_err(|m| DataError::format(path, m))?;
+    let mut data = Vec::with_capacity(count);
+    (&mut dec)
+        .take(count as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(gz_err)?;
+    if data.len() != count {
+        let found = (data.len() <= count).then_some(header + data.len());
+        return Err(size_error(path, &dims, header, count, found, true));
+    }
+    Ok((dims, data))
 }
 
 /// The label file that sits beside an image file, if any:
@@ -112,8 +210,7 @@ pub(crate) fn load_idx_pair(
     labels: Option<&Path>,
     source: String,
 ) -> Result<Dataset, DataError> {
-    let bytes = read_maybe_gz(images, IMAGES_EXPECTED)?;
-    let (dims, data) = parse(images, &bytes, IMAGES_MAGIC)?;
+    let (dims, pixels) = read_idx(images, IMAGES_MAGIC)?;
     let (n, h, w) = (dims[0], dims[1], dims[2]);
     if n == 0 || h == 0 || w == 0 {
         return Err(DataError::format(
@@ -121,13 +218,10 @@ pub(crate) fn load_idx_pair(
             format!("holds {n} images of {h}x{w}; expected at least one non-empty image"),
         ));
     }
-    let pixels = data.to_vec();
-    drop(bytes);
     let labels = match labels {
         None => None,
         Some(lp) => {
-            let lbytes = read_maybe_gz(lp, LABELS_EXPECTED)?;
-            let (ldims, ldata) = parse(lp, &lbytes, LABELS_MAGIC)?;
+            let (ldims, ldata) = read_idx(lp, LABELS_MAGIC)?;
             if ldims[0] != n {
                 return Err(DataError::format(
                     lp,

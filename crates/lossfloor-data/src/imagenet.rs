@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::limits::{check_memory, DEFLATE_MAX_RATIO};
 use crate::npy::{read_header, read_ints, read_u8_into, Loc, NpyInfo};
 use crate::util::{natural_key, not_found};
 use crate::{DataError, Dataset, ImageShape};
@@ -15,22 +16,42 @@ const EXPECTED: &str = "a directory of downsampled-ImageNet train_data_batch_1.n
 /// Number of ImageNet classes.
 const NUM_CLASSES: usize = 1000;
 
-type Archive = zip::ZipArchive<BufReader<File>>;
+/// An open `.npz` archive and the length of its file in bytes.
+struct Archive {
+    zip: zip::ZipArchive<BufReader<File>>,
+    len: u64,
+}
 
 fn open_archive(path: &Path) -> Result<Archive, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, "opening file", e))?;
-    zip::ZipArchive::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
+    let len = file
+        .metadata()
+        .map_err(|e| DataError::io(path, "reading file size", e))?
+        .len();
+    let zip = zip::ZipArchive::new(BufReader::with_capacity(1 << 20, file)).map_err(|e| {
         DataError::format(
             path,
             format!("not a readable .npz (zip) archive ({e}); expected {EXPECTED}"),
         )
-    })
+    })?;
+    Ok(Archive { zip, len })
+}
+
+/// The most bytes a zip entry can honestly unpack to: its declared size, but no more than its
+/// compressed bytes (themselves no more than the archive) can expand to.
+fn entry_bound(entry: &zip::read::ZipFile<'_, BufReader<File>>, archive_len: u64) -> u64 {
+    let packed = entry.compressed_size().min(archive_len);
+    let ratio = match entry.compression() {
+        zip::CompressionMethod::Stored => 1,
+        _ => DEFLATE_MAX_RATIO,
+    };
+    entry.size().min(packed.saturating_mul(ratio))
 }
 
 /// Entry name of array `key` (`key.npy`, or bare `key`).
 fn entry_name(archive: &Archive, path: &Path, key: &str) -> Result<String, DataError> {
     let with_ext = format!("{key}.npy");
-    let names: Vec<&str> = archive.file_names().collect();
+    let names: Vec<&str> = archive.zip.file_names().collect();
     if let Some(n) = names.iter().find(|n| **n == with_ext || **n == key) {
         return Ok(n.to_string());
     }
@@ -57,10 +78,13 @@ fn with_array<T>(
         path,
         prefix: format!("array '{key}': "),
     };
+    let archive_len = archive.len;
     let mut entry = archive
+        .zip
         .by_name(&name)
         .map_err(|e| loc.err(format!("cannot open zip entry {name} ({e})")))?;
-    let info = read_header(&mut entry, &loc)?;
+    let bound = entry_bound(&entry, archive_len);
+    let info = read_header(&mut entry, &loc, bound)?;
     f(&mut entry, &info, &loc)
 }
 
@@ -151,17 +175,25 @@ pub(crate) fn load_imagenet(path: &Path, source: String) -> Result<Dataset, Data
             }
             Some(_) => {}
         }
-        total += n;
+        // Each batch's `data` fits in its file (read_header checked it), so neither the sum
+        // nor the product below can overflow in practice; they are checked all the same.
+        total = total.checked_add(n).ok_or_else(|| {
+            DataError::format(file, "the image counts of the batches overflow when added")
+        })?;
     }
     let (shape, _) = shape.expect("at least one file");
+    let bytes = total.checked_mul(shape.dim());
+    check_memory(
+        &format!("the pixels of {total} images of {shape} (all batches)"),
+        bytes.map(|b| b as u128),
+    )
+    .map_err(|m| DataError::format(path, m))?;
+    let bytes = bytes.expect("checked by check_memory");
     let mut pixels: Vec<u8> = Vec::new();
-    pixels.try_reserve_exact(total * shape.dim()).map_err(|_| {
+    pixels.try_reserve_exact(bytes).map_err(|_| {
         DataError::format(
             path,
-            format!(
-                "cannot allocate {} bytes for {total} images of {shape}",
-                total * shape.dim()
-            ),
+            format!("cannot allocate {bytes} bytes for {total} images of {shape}"),
         )
     })?;
     let mut labels: Vec<u32> = Vec::with_capacity(total);

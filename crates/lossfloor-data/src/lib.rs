@@ -19,8 +19,11 @@
 mod cifar;
 mod edm;
 mod error;
+#[cfg(test)]
+mod hostile_tests;
 mod idx;
 mod imagenet;
+pub mod limits;
 mod npy;
 mod spec;
 mod util;

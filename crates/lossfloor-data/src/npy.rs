@@ -5,6 +5,7 @@ use std::path::Path;
 
 use npyz::{DType, Endianness, NpyHeader, Order, TypeChar};
 
+use crate::limits::checked_product;
 use crate::util::{fill, not_found, FillError};
 use crate::{DataError, Dataset, ImageShape, Storage};
 
@@ -66,10 +67,34 @@ impl Loc<'_> {
     }
 }
 
+/// Counts the bytes read through it (to learn the length of an `.npy` header).
+struct Counting<'a, R: Read + ?Sized> {
+    inner: &'a mut R,
+    n: u64,
+}
+
+impl<R: Read + ?Sized> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
 /// Parses an `.npy` header, leaving `r` at the first data byte. Rejects Fortran order
 /// (for rank > 1), structured dtypes and element types other than floats and integers.
-pub(crate) fn read_header<R: Read + ?Sized>(r: &mut R, loc: &Loc) -> Result<NpyInfo, DataError> {
-    let header = NpyHeader::from_reader(&mut *r).map_err(|e| {
+///
+/// `stream_len` is the most bytes the whole stream (header included) can hold: the file's
+/// length, or for an archive entry a bound from its sizes. The data the shape declares is
+/// checked against what is left after the header, with overflow-checked arithmetic, so that
+/// no reader allocates for data that is not there.
+pub(crate) fn read_header<R: Read + ?Sized>(
+    r: &mut R,
+    loc: &Loc,
+    stream_len: u64,
+) -> Result<NpyInfo, DataError> {
+    let mut counting = Counting { inner: r, n: 0 };
+    let header = NpyHeader::from_reader(&mut counting).map_err(|e| {
         loc.err(format!(
             "not a valid .npy array ({e}); expected a NumPy .npy header"
         ))
@@ -105,13 +130,22 @@ pub(crate) fn read_header<R: Read + ?Sized>(r: &mut R, loc: &Loc) -> Result<NpyI
             "array is stored in Fortran order; expected C order (np.ascontiguousarray before saving)",
         ));
     }
-    if shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .and_then(|n| n.checked_mul(size))
-        .is_none()
-    {
-        return Err(loc.err(format!("shape {shape:?} is too large")));
+    let present = stream_len.saturating_sub(counting.n);
+    match checked_product(&shape).and_then(|n| n.checked_mul(size)) {
+        None => {
+            return Err(loc.err(format!(
+                "array data truncated: shape {shape:?} of {descr} declares more than {} bytes \
+                 (the size overflows), found {present} bytes",
+                usize::MAX
+            )))
+        }
+        Some(want) if want as u64 > present => {
+            return Err(loc.err(format!(
+                "array data truncated: expected {want} bytes for shape {shape:?} of {descr}, \
+                 found {present} bytes"
+            )))
+        }
+        Some(_) => {}
     }
     Ok(NpyInfo {
         shape,
@@ -124,7 +158,7 @@ pub(crate) fn read_header<R: Read + ?Sized>(r: &mut R, loc: &Loc) -> Result<NpyI
 fn truncated(loc: &Loc, info: &NpyInfo, got: usize) -> DataError {
     let want = info.count() * info.item_size();
     loc.err(format!(
-        "array data truncated: expected {want} bytes for shape {:?} of {}, found {got}",
+        "array data truncated: expected {want} bytes for shape {:?} of {}, found {got} bytes",
         info.shape, info.descr
     ))
 }
@@ -291,12 +325,16 @@ pub(crate) fn load_npy(path: &Path, source: String) -> Result<Dataset, DataError
         return Err(not_found(path, EXPECTED));
     }
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "opening file", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| DataError::io(path, "reading file size", e))?
+        .len();
     let mut r = BufReader::with_capacity(1 << 20, file);
     let loc = Loc {
         path,
         prefix: String::new(),
     };
-    let info = read_header(&mut r, &loc)?;
+    let info = read_header(&mut r, &loc, len)?;
     let (_, shape) = image_shape_of(&info, &loc)?;
     let storage = match info.elem {
         Elem::F32 | Elem::F64 => Storage::F32(read_floats(&mut r, &info, &loc, shape.dim())?),

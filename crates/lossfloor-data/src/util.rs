@@ -1,4 +1,4 @@
-//! Small shared helpers: file reading with good errors, gzip sniffing, natural sort.
+//! Small shared helpers: file reading with good errors, natural sort.
 
 use std::io::Read;
 use std::path::Path;
@@ -18,25 +18,6 @@ pub(crate) fn not_found(path: &Path, expected: &str) -> DataError {
     DataError::NotFound {
         path: path.to_path_buf(),
         hint: format!("expected {expected}"),
-    }
-}
-
-/// Reads a file and transparently gunzips it when it starts with the gzip magic `1f 8b`.
-pub(crate) fn read_maybe_gz(path: &Path, expected: &str) -> Result<Vec<u8>, DataError> {
-    let raw = read_file(path, expected)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                DataError::format(
-                    path,
-                    format!("gzip stream is corrupt or truncated ({e}); expected {expected}"),
-                )
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
     }
 }
 

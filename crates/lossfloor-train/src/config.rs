@@ -740,6 +740,8 @@ impl Config {
             .spec
             .parse::<lossfloor_data::DataSpec>()
             .map_err(|e| anyhow!("data.spec: {e}"))?;
+        self.check_finite()?;
+        self.check_sizes()?;
         self.effective_network()
             .validate()
             .map_err(|e| anyhow!("network: {e}"))?;
@@ -843,6 +845,210 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Every float of the config must be a finite number: range checks such as `lr >= 0`
+    /// let `inf` through, and NaN fails them with a message that does not name the key.
+    fn check_finite(&self) -> Result<()> {
+        let o = &self.optimizer;
+        let (e, s, t) = (&self.ema, &self.schedule, &self.train);
+        let mut keys: Vec<(String, f64)> = vec![
+            ("optimizer.lr".into(), o.lr),
+            ("optimizer.betas[0]".into(), o.betas[0]),
+            ("optimizer.betas[1]".into(), o.betas[1]),
+            ("optimizer.eps".into(), o.eps),
+            ("optimizer.weight_decay".into(), o.weight_decay),
+            ("optimizer.rampup_kimg".into(), o.rampup_kimg),
+            ("ema.halflife_kimg".into(), e.halflife_kimg),
+            ("ema.rampup_ratio".into(), e.rampup_ratio),
+            ("ema.std".into(), e.std),
+            ("schedule.a".into(), s.a),
+            ("schedule.w_max".into(), s.w_max),
+            ("schedule.bump_std".into(), s.bump_std),
+            ("schedule.delta".into(), s.delta),
+            ("schedule.sigma_min".into(), s.sigma_min),
+            ("schedule.sigma_max".into(), s.sigma_max),
+            ("schedule.refresh_kimg".into(), s.refresh_kimg),
+            ("schedule.loss_ema".into(), s.loss_ema),
+            ("schedule.gap_floor".into(), s.gap_floor),
+            ("schedule.mix".into(), s.mix),
+            ("train.duration_kimg".into(), t.duration_kimg),
+            ("train.tick_kimg".into(), t.tick_kimg),
+        ];
+        let optional = [
+            ("optimizer.decay_kimg", o.decay_kimg),
+            ("optimizer.grad_clip", o.grad_clip),
+            ("schedule.bump_scale", s.bump_scale),
+            ("schedule.bump_mean", s.bump_mean),
+            ("train.dropout", t.dropout),
+            ("precond.sigma_data", self.precond.sigma_data),
+        ];
+        keys.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+        );
+        if let Some(est) = &self.optimal_loss.estimate {
+            keys.push(("optimal_loss.estimate.sigma_min".into(), est.sigma_min));
+            keys.push(("optimal_loss.estimate.sigma_max".into(), est.sigma_max));
+        }
+        match &self.network {
+            NetworkConfig::SongUNet(c) => {
+                keys.push(("network.dropout".into(), c.dropout));
+                keys.push(("network.label_dropout".into(), c.label_dropout));
+                for (i, f) in c.resample_filter.iter().enumerate() {
+                    keys.push((format!("network.resample_filter[{i}]"), *f));
+                }
+            }
+            NetworkConfig::Dhariwal(c) => {
+                keys.push(("network.dropout".into(), c.dropout));
+                keys.push(("network.label_dropout".into(), c.label_dropout));
+            }
+            NetworkConfig::DiT(c) => {
+                keys.push(("network.mlp_ratio".into(), c.mlp_ratio));
+                keys.push(("network.class_dropout_prob".into(), c.class_dropout_prob));
+            }
+        }
+        if let Some((k, v)) = keys.iter().find(|(_, v)| !v.is_finite()) {
+            bail!("{k} = {v} is not allowed: expected a finite number");
+        }
+        Ok(())
+    }
+
+    /// Values that size memory are bounded before anything is loaded or allocated: the
+    /// σ̂ grid and query counts of the estimator and evaluator, the loss-statistics bins, and
+    /// a lower bound on what one training round needs ([`Config::round_memory`]), against the
+    /// machine's total memory (`lossfloor_data::limits::memory_limit`).
+    fn check_sizes(&self) -> Result<()> {
+        use lossfloor_data::limits::check_memory;
+        // Bins are a few counters each; a million is far past any use, and bounds the
+        // per-tick statistics and the schedule's tables.
+        const MAX_BINS: usize = 1_000_000;
+        if self.train.stat_bins > MAX_BINS {
+            bail!(
+                "train.stat_bins = {} is more than {MAX_BINS}",
+                self.train.stat_bins
+            );
+        }
+        if self.schedule.bins > MAX_BINS {
+            bail!(
+                "schedule.bins = {} is more than {MAX_BINS}",
+                self.schedule.bins
+            );
+        }
+        if let Some(e) = &self.optimal_loss.estimate {
+            // The same bound as `lossfloor estimate --sigmas logspace:…:K`.
+            const MAX_POINTS: usize = 10_000;
+            if e.points > MAX_POINTS {
+                bail!(
+                    "optimal_loss.estimate.points = {} is more than {MAX_POINTS}",
+                    e.points
+                );
+            }
+            // The estimator keeps one f64 per query and σ̂, and gathers one σ̂ at a time.
+            let need = (e.queries as u128)
+                .checked_mul(e.points as u128 + 1)
+                .and_then(|v| v.checked_mul(8));
+            check_memory(
+                &format!(
+                    "optimal_loss.estimate.queries = {} with {} points (an 8-byte value per \
+                     query and σ̂)",
+                    e.queries, e.points
+                ),
+                need,
+            )
+            .map_err(|m| anyhow!("{m}"))?;
+        }
+        // The evaluator stores a row index (8 bytes) per query and σ̂, for the training
+        // and the held-out data: at least 16 bytes per query even with a single σ̂.
+        check_memory(
+            &format!(
+                "eval.queries = {} (at least 16 bytes per query)",
+                self.eval.queries
+            ),
+            (self.eval.queries as u128).checked_mul(16),
+        )
+        .map_err(|m| anyhow!("{m}"))?;
+        let (what, need) = self.round_memory();
+        check_memory(&what, need).map_err(|m| anyhow!("{m}"))
+    }
+
+    /// A lower bound on the memory of one training round, overflow-checked (`None` when it
+    /// overflows), and a description naming the keys it depends on. It counts only what is
+    /// certain to exist at once:
+    /// - the round's clean and noised images as float32, `2 × round_batch × C·H·W × 4` bytes
+    ///   (`round_batch` = `train.batch_gpu`, or `train.batch` without it);
+    /// - the network's first feature map, float32, at full resolution for the U-Nets
+    ///   (`round_batch × model_channels × H·W`) and per token for DiT
+    ///   (`round_batch × (H/patch)² × hidden_size`);
+    /// - the weights, their gradients, Adam's two moments and the EMA (5 float32 copies) of
+    ///   one 3×3 convolution at the widest level (`(model_channels · max channel_mult)² · 9`
+    ///   weights), or for DiT of the attention projections (`depth · 4 · hidden_size²`).
+    ///
+    /// The real need is several times larger; a config whose lower bound exceeds the
+    /// machine's memory can never run, whatever is freed.
+    fn round_memory(&self) -> (String, Option<u128>) {
+        let net = self.effective_network();
+        let t = &self.train;
+        let rb = t.round_batch() as u128;
+        let (ch, res) = net.input_shape();
+        let (ch, res) = (ch as u128, res as u128);
+        let pixels = res.checked_mul(res);
+        let (width_key, width, feature, weights) = match &net {
+            NetworkConfig::SongUNet(c) => unet_bounds(c.model_channels, &c.channel_mult, pixels),
+            NetworkConfig::Dhariwal(c) => unet_bounds(c.model_channels, &c.channel_mult, pixels),
+            NetworkConfig::DiT(c) => {
+                let h = c.hidden_size as u128;
+                let grid = (c.input_size / c.patch_size.max(1)) as u128;
+                let tokens = grid.checked_mul(grid);
+                let feature = tokens.and_then(|n| n.checked_mul(h));
+                let weights = h
+                    .checked_mul(h)
+                    .and_then(|v| v.checked_mul(4))
+                    .and_then(|v| v.checked_mul(c.depth as u128));
+                ("hidden_size", c.hidden_size, feature, weights)
+            }
+        };
+        let images = pixels
+            .and_then(|p| p.checked_mul(ch))
+            .and_then(|d| d.checked_mul(rb))
+            .and_then(|v| v.checked_mul(2 * 4));
+        let feature = feature
+            .and_then(|f| f.checked_mul(rb))
+            .and_then(|v| v.checked_mul(4));
+        let weights = weights.and_then(|w| w.checked_mul(5 * 4));
+        let need = images
+            .zip(feature)
+            .and_then(|(a, b)| a.checked_add(b))
+            .zip(weights)
+            .and_then(|(a, b)| a.checked_add(b));
+        let batch = match t.batch_gpu {
+            Some(bg) => format!("train.batch = {}, train.batch_gpu = {bg}", t.batch),
+            None => format!("train.batch = {}", t.batch),
+        };
+        let what = format!(
+            "one training round with {batch}, network.{width_key} = {width} and \
+             {ch}x{res}x{res} images (its clean and noised images, the first feature map, and \
+             weights, gradients, Adam moments and EMA of the widest layer)"
+        );
+        (what, need)
+    }
+}
+
+/// The first feature map's values per image (`model_channels × H·W`) and the weights of one
+/// 3×3 convolution at the widest level (`(model_channels · max channel_mult)² · 9`) of a
+/// U-Net, overflow-checked; with the key they depend on.
+fn unet_bounds(
+    model_channels: usize,
+    channel_mult: &[usize],
+    pixels: Option<u128>,
+) -> (&'static str, usize, Option<u128>, Option<u128>) {
+    let mc = model_channels as u128;
+    let widest = mc.checked_mul(channel_mult.iter().copied().max().unwrap_or(1) as u128);
+    let feature = pixels.and_then(|p| p.checked_mul(mc));
+    let weights = widest
+        .and_then(|w| w.checked_mul(w))
+        .and_then(|v| v.checked_mul(9));
+    ("model_channels", model_channels, feature, weights)
 }
 
 /// Applies one `key.sub=value` override to a parsed TOML table.
