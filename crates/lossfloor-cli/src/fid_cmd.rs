@@ -197,6 +197,20 @@ fn run_ref(a: RefArgs) -> Result<()> {
     Ok(())
 }
 
+/// Inception feature statistics of the images `job` generates, fed to `net` batch by
+/// batch as they are sampled (no image files).
+pub(crate) fn generated_stats(job: &SamplingJob, net: &InceptionV3) -> Result<FeatureStats> {
+    let mut stats = FeatureStats::new(FEATURE_DIM);
+    generate(job, &mut |_, x| {
+        let (m, c, h, w) = x.dims4()?;
+        let bytes = to_uint8(&x)?.flatten_all()?.to_vec1::<u8>()?;
+        let feats = net.features_tensor(&bytes, m, c, h, w)?;
+        stats.accumulate_flat(&feats.flatten_all()?.to_vec1::<f32>()?)?;
+        Ok(())
+    })?;
+    Ok(stats)
+}
+
 fn images_spec(path: &Path) -> Result<DataSpec> {
     if !path.exists() {
         bail!("--images {}: no such file or folder", path.display());
@@ -262,14 +276,7 @@ fn run_calc(a: CalcArgs) -> Result<()> {
                 latents: None,
                 device: &device,
             };
-            let mut stats = FeatureStats::new(FEATURE_DIM);
-            generate(&job, &mut |_, x| {
-                let (m, c, h, w) = x.dims4()?;
-                let bytes = to_uint8(&x)?.flatten_all()?.to_vec1::<u8>()?;
-                let feats = net.features_tensor(&bytes, m, c, h, w)?;
-                stats.accumulate_flat(&feats.flatten_all()?.to_vec1::<f32>()?)?;
-                Ok(())
-            })?;
+            let stats = generated_stats(&job, &net)?;
             (stats, ckpt.display().to_string(), Some(sha256_file(ckpt)?))
         }
         (None, None) => bail!("give --images or --checkpoint"),

@@ -19,16 +19,15 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
-use lossfloor_fid::{
-    load_stats_npz, save_stats_npz, FeatureStats, InceptionV3, DEFAULT_WEIGHTS_PATH, FEATURE_DIM,
-};
+use lossfloor_fid::{load_stats_npz, save_stats_npz, InceptionV3, DEFAULT_WEIGHTS_PATH};
 use lossfloor_optimal::{write_atomic, Curve};
-use lossfloor_sampler::{random_class, to_uint8, HeunConfig};
-use lossfloor_train::config::Config;
+use lossfloor_sampler::{random_class, HeunConfig};
+use lossfloor_train::config::{Config, CurveEstimateConfig};
+use lossfloor_train::train::estimate_training_curve;
 use lossfloor_train::{load_dataset, train_with_dataset, Resume};
 use serde::{Deserialize, Serialize};
 
-use crate::sample::{generate, load_checkpoint, SamplingJob};
+use crate::sample::{load_checkpoint, SamplingJob};
 
 const LONG_HELP: &str = "\
 STUDY.toml:
@@ -347,29 +346,16 @@ fn study_curve(spec: &StudySpec, base: &Config, path: &Path) -> Result<Curve> {
     }
     let data = load_dataset(base)?;
     let c = &spec.curve;
-    let sigmas: Vec<f64> = (0..c.points)
-        .map(|i| {
-            let t = i as f64 / (c.points - 1) as f64;
-            (c.sigma_min.ln() + t * (c.sigma_max.ln() - c.sigma_min.ln())).exp()
-        })
-        .collect();
-    let params = lossfloor_optimal::EstimateParams {
-        method: c.method.parse()?,
+    let est = CurveEstimateConfig {
+        method: c.method.clone(),
         queries: c.queries,
-        subset: None,
-        c: None,
+        sigma_min: c.sigma_min,
+        sigma_max: c.sigma_max,
+        points: c.points,
         seed: c.seed,
     };
-    eprintln!(
-        "estimating the study's curve: {} on {} rows, {} queries x {} σ̂",
-        c.method,
-        data.len(),
-        c.queries,
-        c.points
-    );
-    let mut curve = lossfloor_optimal::estimate(&data, &base.data.spec, &sigmas, &params, &|_| {})?;
-    curve.dataset.xflip = base.data.xflip;
-    curve.dataset.limit = base.data.limit;
+    let curve = estimate_training_curve(&est, &base.data, &data, &Device::Cpu)
+        .context("the study's [curve]")?;
     curve
         .save(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -495,14 +481,7 @@ fn snapshot_fid(
         latents: None,
         device: &device,
     };
-    let mut stats = FeatureStats::new(FEATURE_DIM);
-    generate(&job, &mut |_, x| {
-        let (m, c, h, w) = x.dims4()?;
-        let bytes = to_uint8(&x)?.flatten_all()?.to_vec1::<u8>()?;
-        let feats = detector.features_tensor(&bytes, m, c, h, w)?;
-        stats.accumulate_flat(&feats.flatten_all()?.to_vec1::<f32>()?)?;
-        Ok(())
-    })?;
+    let stats = crate::fid_cmd::generated_stats(&job, detector)?;
     Ok(stats.stats().frechet_distance(reference)?)
 }
 

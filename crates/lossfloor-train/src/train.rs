@@ -862,6 +862,30 @@ fn estimated_curve(
     if path.is_file() {
         return Ok(Curve::load(&path)?);
     }
+    let t0 = Instant::now();
+    let curve = estimate_training_curve(est, data, dataset, device)?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
+    curve
+        .save(&path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    eprintln!(
+        "optimal-loss curve done in {:.1} s: {}",
+        t0.elapsed().as_secs_f64(),
+        path.display()
+    );
+    Ok(curve)
+}
+
+/// The optimal-loss curve of `dataset` (loaded from `data`) with the budget `est`,
+/// recording the data's x-flip and limit so that [`crate::curve_match`] can check it.
+/// The exact estimator runs on `device`; the others on the CPU.
+pub fn estimate_training_curve(
+    est: &CurveEstimateConfig,
+    data: &crate::config::DataConfig,
+    dataset: &Dataset,
+    device: &Device,
+) -> Result<Curve> {
     let params = est.params()?;
     let sigmas = est.sigmas();
     let device = if params.method == lossfloor_optimal::Method::Exact {
@@ -876,22 +900,11 @@ fn estimated_curve(
         params.queries,
         sigmas.len()
     );
-    let t0 = Instant::now();
     let mut curve =
         lossfloor_optimal::estimate_on(&device, dataset, &data.spec, &sigmas, &params, &|_| {})
             .context("optimal_loss.estimate")?;
     curve.dataset.xflip = data.xflip;
     curve.dataset.limit = data.limit;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
-    curve
-        .save(&path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    eprintln!(
-        "optimal-loss curve done in {:.1} s: {}",
-        t0.elapsed().as_secs_f64(),
-        path.display()
-    );
     Ok(curve)
 }
 
