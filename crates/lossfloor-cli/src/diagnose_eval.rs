@@ -18,6 +18,7 @@ pub fn run(run_dir: &Path, snapshot: &Path) -> Result<()> {
         .with_context(|| format!("{}: the run's config", cfg_path.display()))?;
     let device = Device::Cpu;
     let loaded = crate::sample::load_checkpoint(snapshot, None, &device)?;
+    crate::sample::print_network(&loaded);
     let data = load_dataset(&cfg)?;
     let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
         (Some(p), _) => Some(Curve::load(p)?),

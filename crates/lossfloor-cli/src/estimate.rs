@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_core::fs::StagedOutputs;
 use lossfloor_data::{load, DataSpec};
 use lossfloor_optimal::{estimate_on, write_atomic, EstimateParams, Method};
 
@@ -224,16 +225,23 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         t1.elapsed().as_secs_f64()
     );
 
+    // All outputs or none: each is written to a temporary sibling, and all are renamed into
+    // place only once every one is complete.
+    let mut staged = StagedOutputs::new();
     curve
-        .save(&args.out)
+        .save(&staged.stage(&args.out))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     if let Some(p) = &args.csv {
-        write_atomic(p, curve.to_csv().as_bytes())
+        write_atomic(&staged.stage(p), curve.to_csv().as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     if let Some(p) = &args.plot {
-        plot_curves(&[&curve], p)?;
+        plot_curves(&[&curve], &staged.stage(p))
+            .with_context(|| format!("--plot {}", p.display()))?;
     }
+    staged
+        .commit()
+        .context("cannot move the outputs into place")?;
     print_table(&curve);
     Ok(())
 }

@@ -87,7 +87,8 @@ Examples:
 #[command(after_long_help = CALC_HELP)]
 struct CalcArgs {
     /// Images: a folder or zip of PNGs (e.g. `lossfloor sample --outdir`), or a .npy array
-    /// [N,C,H,W] (float in [−1, 1] as written by `lossfloor sample --out-npy`, or uint8)
+    /// [N,C,H,W]: uint8, or float in [−1, 1] as written by `lossfloor sample --out-npy`
+    /// (values up to ±1.5 are clamped like EDM's; beyond that, or NaN, is refused)
     #[arg(
         long,
         value_name = "PATH",
@@ -147,6 +148,58 @@ fn rows_to_u8(rows: &[f32], out: &mut Vec<u8>) {
         rows.iter()
             .map(|&x| (x * 127.5 + 128.0).floor().clamp(0.0, 255.0) as u8),
     );
+}
+
+/// Largest |x| of a float image accepted by `fid calc --images`. Images are read in
+/// [−1, 1] (as `lossfloor sample --out-npy` writes them; uint8 files map exactly onto it);
+/// a sampler's output overshoots that range a little and is clamped as EDM does, but values
+/// beyond ±1.5 mean another convention (0–255 floats, say), which clamping would silently
+/// turn into a wrong FID.
+const MAX_IMAGE_MAGNITUDE: f32 = 1.5;
+
+/// Checks the first `count` images of `data` (read from `path`) before their FID is taken:
+/// finite, within ±[`MAX_IMAGE_MAGNITUDE`]. Reports how many values get clamped, and warns
+/// when no value is negative (images in [0, 1] read as [−1, 1] would be too bright).
+fn check_image_range(data: &Dataset, count: usize, path: &Path) -> Result<()> {
+    let (mut lo, mut hi, mut clamped) = (f32::INFINITY, f32::NEG_INFINITY, 0u64);
+    let mut scratch = Vec::new();
+    let step = 256;
+    for start in (0..count).step_by(step) {
+        let m = step.min(count - start);
+        for &x in data.rows(start, m, &mut scratch) {
+            if !x.is_finite() {
+                bail!(
+                    "--images {}: holds a {x} value; images must be finite",
+                    path.display()
+                );
+            }
+            lo = lo.min(x);
+            hi = hi.max(x);
+            clamped += u64::from(!(-1.0..=1.0).contains(&x));
+        }
+    }
+    if lo < -MAX_IMAGE_MAGNITUDE || hi > MAX_IMAGE_MAGNITUDE {
+        bail!(
+            "--images {}: float values range over [{lo}, {hi}], but images are read as uint8 \
+             (0–255) or as floats in [−1, 1] (values up to ±{MAX_IMAGE_MAGNITUDE} are clamped \
+             like EDM's); convert 0–255 floats with x/127.5 − 1 or store them as uint8",
+            path.display()
+        );
+    }
+    if clamped > 0 {
+        eprintln!(
+            "{}: clamped {clamped} values outside [−1, 1] (range [{lo}, {hi}]), as EDM does",
+            path.display()
+        );
+    }
+    if lo >= 0.0 {
+        eprintln!(
+            "warning: {}: no value is below 0; if these images are in [0, 1] rather than \
+             [−1, 1], convert them with 2x − 1 first",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Inception statistics of the first `count` images of `data`, with a progress bar.
@@ -252,20 +305,31 @@ fn run_calc(a: CalcArgs) -> Result<()> {
         bail!("--sample-batch must be at least 1");
     }
     let reference = load_stats_npz(&a.reference)?;
-    let device = crate::open_device_flag(&a.detector.device)?;
-    let net = load_detector(&a.detector, &device)?;
-    let (stats, source, checkpoint_sha) = match (&a.images, &a.checkpoint) {
-        (Some(images), _) => {
+    reference.check_reference(&a.reference, FEATURE_DIM)?;
+    // The images are read and checked before the (slow to load) detector.
+    let image_data = match &a.images {
+        Some(images) => {
             let data = load(&images_spec(images)?)?;
             if data.len() < num {
                 bail!("{}: {} images found, but --num asks for {num} (pass a smaller --num or generate more images)", images.display(), data.len());
             }
-            let stats = dataset_stats(&net, &data, num)?;
+            check_image_range(&data, num, images)?;
+            Some(data)
+        }
+        None => None,
+    };
+    let device = crate::open_device_flag(&a.detector.device)?;
+    let net = load_detector(&a.detector, &device)?;
+    let (stats, source, checkpoint_sha) = match (&a.images, &a.checkpoint) {
+        (Some(images), _) => {
+            let data = image_data.as_ref().context("images were loaded above")?;
+            let stats = dataset_stats(&net, data, num)?;
             (stats, images.display().to_string(), None)
         }
         (None, Some(ckpt)) => {
             let seeds = seeds.as_deref().unwrap_or_default();
             let loaded = load_checkpoint(ckpt, a.config.as_deref(), &device)?;
+            crate::sample::print_network(&loaded);
             let labels = a.sampler.class_labels(loaded.spec.label_dim(), seeds)?;
             let job = SamplingJob {
                 loaded: &loaded,

@@ -73,11 +73,74 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+            for (k, line) in error_lines(&err).iter().enumerate() {
+                if k == 0 {
+                    eprintln!("error: {line}");
+                } else {
+                    eprintln!("  caused by: {line}");
+                }
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The lines printed for an error: its message, then each cause that adds something (a
+/// cause whose text the line above already holds is left out). Backtraces that a library
+/// error captured (candle does with `RUST_BACKTRACE` set) are cut off: a user's mistake is
+/// reported by its message alone.
+fn error_lines(err: &anyhow::Error) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = without_backtrace(&cause.to_string());
+        if text.is_empty() || lines.last().is_some_and(|l| l.contains(&text)) {
+            continue;
+        }
+        lines.push(text);
+    }
+    lines
+}
+
+/// `msg` up to a captured backtrace (a `stack backtrace:` line or a numbered frame line
+/// such as `   0: candle_core::…`), as one line.
+fn without_backtrace(msg: &str) -> String {
+    let is_frame = |l: &str| {
+        let t = l.trim_start();
+        let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && t[digits..].starts_with(": ")
+    };
+    msg.lines()
+        .take_while(|l| !l.trim_start().starts_with("stack backtrace") && !is_frame(l))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_causes_and_backtraces_are_dropped() {
+        let io = std::io::Error::other("No space left on device (os error 28)");
+        let err =
+            anyhow::Error::new(io).context("/mnt/g.png: No space left on device (os error 28)");
+        assert_eq!(
+            error_lines(&err),
+            vec!["/mnt/g.png: No space left on device (os error 28)".to_string()]
+        );
+        let err = anyhow::anyhow!(
+            "shape mismatch in add\n   0: candle_core::error::Error::bt\n   1: main"
+        )
+        .context("step failed");
+        assert_eq!(
+            error_lines(&err),
+            vec!["step failed", "shape mismatch in add"]
+        );
+        assert_eq!(
+            without_backtrace("a\nstack backtrace:\n  0: x"),
+            "a".to_string()
+        );
     }
 }

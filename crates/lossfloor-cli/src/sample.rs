@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_core::fs::StagedOutputs;
 use lossfloor_nets::checkpoint::{load_network, load_network_with_config, LoadedNetwork};
 use lossfloor_sampler::net_denoiser::loaded_denoiser;
 use lossfloor_sampler::{
@@ -183,6 +184,76 @@ fn check_writable_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The PNGs of `--outdir`, written into a hidden sibling folder first
+/// ([`lossfloor_core::fs::temporary_sibling`]) and moved into place by
+/// [`StagedImages::commit`]; dropped uncommitted, the staging folder is removed.
+struct StagedImages {
+    staging: PathBuf,
+    dir: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>,
+}
+
+impl StagedImages {
+    /// Writes image k of `pixels` ([N, C, H, W] uint8) for each of `seeds` into the staging
+    /// folder of `dir`, at the path it will have under `dir`.
+    fn write(dir: &Path, seeds: &[u64], pixels: &Tensor, subdirs: bool) -> Result<Self> {
+        let staging = lossfloor_core::fs::temporary_sibling(dir);
+        let mut staged = Self {
+            staging: staging.clone(),
+            dir: dir.to_path_buf(),
+            files: Vec::with_capacity(seeds.len()),
+        };
+        fs::create_dir_all(&staging)
+            .with_context(|| format!("--outdir: cannot create {}", staging.display()))?;
+        for (k, &seed) in seeds.iter().enumerate() {
+            let tmp = image_path(&staging, seed, subdirs);
+            if let Some(parent) = tmp.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("--outdir: cannot create {}", parent.display()))?;
+            }
+            save_png(&tmp, &pixels.get(k)?)
+                .with_context(|| format!("--outdir {}", dir.display()))?;
+            staged.files.push((tmp, image_path(dir, seed, subdirs)));
+        }
+        Ok(staged)
+    }
+
+    /// Moves the images into `dir`: the staging folder becomes `dir` when `dir` does not
+    /// exist yet, else each file is renamed into it (same file system, no space needed).
+    fn commit(mut self) -> Result<()> {
+        if !self.dir.exists() {
+            fs::rename(&self.staging, &self.dir).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.staging.display(),
+                    self.dir.display()
+                )
+            })?;
+        } else {
+            for (tmp, path) in &self.files {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                fs::rename(tmp, path).with_context(|| {
+                    format!("cannot rename {} to {}", tmp.display(), path.display())
+                })?;
+            }
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+        self.files.clear();
+        Ok(())
+    }
+}
+
+impl Drop for StagedImages {
+    fn drop(&mut self) {
+        if !self.files.is_empty() || self.staging.exists() {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
 /// Checks that `--outdir` exists as a writable folder or can be created (its nearest
 /// existing ancestor is a writable folder).
 fn check_outdir(dir: &Path) -> Result<()> {
@@ -232,6 +303,12 @@ pub fn load_checkpoint(
         Some(cfg) => load_network_with_config(checkpoint, cfg, device)?,
         None => load_network(checkpoint, device)?,
     };
+    Ok(loaded)
+}
+
+/// Prints one line about a loaded network (architecture, size, process, image shape),
+/// once every input of the command has been checked.
+pub fn print_network(loaded: &LoadedNetwork) {
     eprintln!(
         "network: {} ({:.2} M parameters), process {}, {}x{r}x{r}{}",
         loaded.spec.arch(),
@@ -244,7 +321,6 @@ pub fn load_checkpoint(
         },
         r = loaded.spec.img_resolution(),
     );
-    Ok(loaded)
 }
 
 /// What [`generate`] draws: the images of `seeds` (with their class `labels` for a
@@ -386,6 +462,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let n = seeds.len();
 
     let labels = args.sampler.class_labels(label_dim, &seeds)?;
+    print_network(&loaded);
 
     let mut pixels = Vec::new();
     let mut raw = Vec::new();
@@ -407,28 +484,33 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Ok(())
     })?;
 
-    // Outputs, only now that every batch succeeded.
+    // Outputs, only now that every batch succeeded; all of them or none (a full disk half
+    // way leaves nothing behind).
     let pixels = Tensor::cat(&pixels, 0)?;
+    let mut staged = StagedOutputs::new();
     if let Some(p) = &args.out_npy {
-        save_npy_f32(p, &Tensor::cat(&raw, 0)?)?;
-        eprintln!("wrote {}", p.display());
+        save_npy_f32(&staged.stage(p), &Tensor::cat(&raw, 0)?)
+            .with_context(|| format!("--out-npy {}", p.display()))?;
     }
     if let Some(p) = &args.grid {
         let cols = args
             .grid_cols
             .unwrap_or_else(|| (n as f64).sqrt().ceil() as usize);
-        save_grid_png(p, &pixels, cols)?;
+        save_grid_png(&staged.stage(p), &pixels, cols)
+            .with_context(|| format!("--grid {}", p.display()))?;
+    }
+    let images = match &args.outdir {
+        Some(dir) => Some(StagedImages::write(dir, &seeds, &pixels, args.subdirs)?),
+        None => None,
+    };
+    staged
+        .commit()
+        .context("cannot move the outputs into place")?;
+    for p in [&args.out_npy, &args.grid].into_iter().flatten() {
         eprintln!("wrote {}", p.display());
     }
-    if let Some(dir) = &args.outdir {
-        for (k, &seed) in seeds.iter().enumerate() {
-            let path = image_path(dir, seed, args.subdirs);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            save_png(&path, &pixels.get(k)?)?;
-        }
+    if let (Some(images), Some(dir)) = (images, &args.outdir) {
+        images.commit()?;
         eprintln!("wrote {n} images to {}", dir.display());
     }
     Ok(())

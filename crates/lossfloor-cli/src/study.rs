@@ -383,7 +383,9 @@ fn fid_reference(
         let stats = crate::fid_cmd::dataset_stats(&net, &data, count)?;
         save_stats_npz(&path, &stats.mu(), stats.sigma().as_ref())?;
     }
-    Ok(load_stats_npz(&path)?)
+    let stats = load_stats_npz(&path)?;
+    stats.check_reference(&path, lossfloor_fid::FEATURE_DIM)?;
+    Ok(stats)
 }
 
 /// Trains one (arm, seed) run through every evaluation point, evaluating each.

@@ -117,6 +117,19 @@ fn is_junk(name: &str) -> bool {
     name.starts_with("__MACOSX/") || name.rsplit('/').next().is_some_and(|f| f.starts_with("._"))
 }
 
+/// What went wrong in a PNG decoder error, in words: the decoder's own messages for corrupt
+/// data print its internal structures (`ChunkType { type: IDA], critical: true, … }`).
+fn png_error_text(e: &image::ImageError) -> String {
+    use image::ImageError as E;
+    match e {
+        E::Decoding(_) => "corrupt or truncated PNG data".into(),
+        E::Limits(_) => "the image exceeds the decoder's memory limits".into(),
+        E::IoError(io) => io.to_string(),
+        E::Unsupported(_) => "a PNG feature the decoder does not support".into(),
+        E::Parameter(_) | E::Encoding(_) => "not a readable PNG".into(),
+    }
+}
+
 /// Decodes one PNG into CHW bytes: L8 → 1 channel, RGB8 → 3 channels. RGBA, gray+alpha and
 /// 16-bit images are rejected.
 fn decode_png(src: &Source, name: &str, bytes: &[u8]) -> Result<(ImageShape, Vec<u8>), DataError> {
@@ -124,7 +137,10 @@ fn decode_png(src: &Source, name: &str, bytes: &[u8]) -> Result<(ImageShape, Vec
     let img = image::load_from_memory_with_format(bytes, ImageFormat::Png).map_err(|e| {
         src.err(
             name,
-            format!("cannot decode PNG ({e}); expected {EXPECTED}"),
+            format!(
+                "cannot decode PNG ({}); expected {EXPECTED}",
+                png_error_text(&e)
+            ),
         )
     })?;
     let (w, h) = (img.width() as usize, img.height() as usize);

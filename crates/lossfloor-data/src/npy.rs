@@ -301,6 +301,15 @@ pub(crate) fn image_shape_of(info: &NpyInfo, loc: &Loc) -> Result<(usize, ImageS
     let shape = match s.len() {
         2 => ImageShape::new(1, 1, s[1]),
         3 => ImageShape::new(1, s[1], s[2]),
+        // Square images with at most 4 trailing channels and more leading ones are almost
+        // surely channels-last (numpy/PIL/TensorFlow's layout), which read as NCHW would
+        // give 1-pixel-wide images of H channels.
+        4 if s[3] <= 4 && s[1] > 4 && s[1] == s[2] => {
+            return Err(loc.err(format!(
+                "array has shape {s:?}, which looks like channels-last [N, H, W, C]; \
+                 lossfloor reads [N, C, H, W]: save x.transpose(0, 3, 1, 2) instead"
+            )))
+        }
         4 => ImageShape::new(s[1], s[2], s[3]),
         _ => {
             return Err(loc.err(format!(

@@ -26,6 +26,78 @@ impl Stats {
     }
 }
 
+/// Relative tolerance of the reference checks: |Σᵢⱼ − Σⱼᵢ| ≤ tol·max|Σ| and
+/// λ_min(Σ) ≥ −tol·λ_max(Σ). Rounding a covariance to float32 perturbs each entry by at
+/// most 6e-8 relative, which moves an eigenvalue by at most ‖E‖₂ ≤ ‖E‖_F ≤
+/// 6e-8·√d·λ_max ≈ 2.7e-6·λ_max at d = 2048; 1e-5 leaves room for that and for the
+/// float64 rounding of the covariance itself, and still refuses any genuinely negative
+/// direction.
+pub const REFERENCE_TOLERANCE: f64 = 1e-5;
+
+impl Stats {
+    /// Checks statistics read from `path` before a Fréchet distance is taken against them:
+    /// `mu` has `dim` values and `sigma` is `dim`×`dim`, all finite, symmetric and positive
+    /// semi-definite within [`REFERENCE_TOLERANCE`]. A covariance with a negative direction
+    /// makes the distance meaningless (σ = −1000·I once gave FID −2047678.8).
+    pub fn check_reference(&self, path: &Path, dim: usize) -> Result<(), FidError> {
+        let bad = |msg: String| FidError::Npz {
+            path: path.to_owned(),
+            msg,
+        };
+        if self.mu.len() != dim {
+            return Err(bad(format!(
+                "mu has {} values, expected {dim} (the Inception pool features)",
+                self.mu.len()
+            )));
+        }
+        if self.sigma.nrows() != dim || self.sigma.ncols() != dim {
+            return Err(bad(format!(
+                "sigma is {}x{}, expected {dim}x{dim}",
+                self.sigma.nrows(),
+                self.sigma.ncols()
+            )));
+        }
+        if let Some(k) = self.mu.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "mu[{k}] is {}; expected finite values",
+                self.mu[k]
+            )));
+        }
+        let mut max_abs = 0.0f64;
+        for i in 0..dim {
+            for j in 0..dim {
+                let v = self.sigma[(i, j)];
+                if !v.is_finite() {
+                    return Err(bad(format!(
+                        "sigma[{i}, {j}] is {v}; expected finite values"
+                    )));
+                }
+                max_abs = max_abs.max(v.abs());
+            }
+        }
+        for i in 0..dim {
+            for j in 0..i {
+                let (a, b) = (self.sigma[(i, j)], self.sigma[(j, i)]);
+                if (a - b).abs() > REFERENCE_TOLERANCE * max_abs {
+                    return Err(bad(format!(
+                        "sigma is not symmetric: sigma[{i}, {j}] = {a} but sigma[{j}, {i}] = {b}"
+                    )));
+                }
+            }
+        }
+        let (vals, _) = sym_eigen(self.sigma.as_ref())?;
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(0.0f64, f64::max);
+        if lo < -REFERENCE_TOLERANCE * hi || (hi == 0.0 && lo < 0.0) {
+            return Err(bad(format!(
+                "sigma is not a covariance: its smallest eigenvalue is {lo:.6e} (largest \
+                 {hi:.6e}); a covariance is positive semi-definite"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Accumulates features in float64 as EDM's `fid.py` does: `Σf` and `FᵀF`, then
 /// `mu = Σf/N` and `sigma = (FᵀF − N·mu·muᵀ)/(N−1)`.
 #[derive(Debug, Clone)]
@@ -252,7 +324,7 @@ fn read_npy_f64(bytes: &[u8]) -> std::io::Result<(Vec<u64>, Vec<f64>, bool)> {
             Err(npy) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("unsupported dtype {:?}", npy.dtype()),
+                    format!("dtype {} is not float64 or float32", npy.dtype().descr()),
                 ))
             }
         },

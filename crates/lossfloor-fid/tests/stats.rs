@@ -262,3 +262,58 @@ fn reads_numpy_written_npz() {
         }
     }
 }
+
+/// The covariance of `n` random feature rows in `d` dimensions (rank min(n − 1, d)),
+/// rounded to float32 entry by entry as a float32 `.npz` would store it.
+fn float32_covariance(rng: &mut ChaCha8Rng, n: usize, d: usize) -> lossfloor_fid::Stats {
+    let mut acc = FeatureStats::new(d);
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..d).map(|_| rng.random_range(0.0f32..4.0)).collect())
+        .collect();
+    acc.accumulate(&rows).unwrap();
+    let s = acc.stats();
+    let sigma = Mat::from_fn(d, d, |i, j| s.sigma[(i, j)] as f32 as f64);
+    lossfloor_fid::Stats { mu: s.mu, sigma }
+}
+
+#[test]
+fn real_covariances_pass_the_reference_check() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let p = std::path::Path::new("ref.npz");
+    // Full rank, and rank-deficient (fewer images than dimensions: zero eigenvalues that
+    // float32 rounding may push slightly below zero, within the tolerance).
+    for (n, d) in [(500, 64), (40, 256)] {
+        let s = float32_covariance(&mut rng, n, d);
+        s.check_reference(p, d).unwrap();
+        assert!(
+            s.check_reference(p, d + 1).is_err(),
+            "dimension not checked"
+        );
+    }
+}
+
+#[test]
+fn the_reference_check_refuses_what_is_no_covariance() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let p = std::path::Path::new("ref.npz");
+    let d = 32;
+    let good = float32_covariance(&mut rng, 200, d);
+    let msg = |s: &lossfloor_fid::Stats| s.check_reference(p, d).unwrap_err().to_string();
+    // Negative variances, far beyond round-off: every eigenvalue lowered by the trace.
+    let mut s = good.clone();
+    let top = (0..d).map(|i| s.sigma[(i, i)]).fold(0.0, f64::max);
+    let shift = (0..d).map(|i| s.sigma[(i, i)]).sum::<f64>();
+    for i in 0..d {
+        s.sigma[(i, i)] -= shift;
+    }
+    assert!(msg(&s).contains("smallest eigenvalue"), "{}", msg(&s));
+    let mut s = good.clone();
+    s.sigma[(0, 1)] += 1e-3 * top;
+    assert!(msg(&s).contains("not symmetric"), "{}", msg(&s));
+    let mut s = good.clone();
+    s.sigma[(3, 3)] = f64::INFINITY;
+    assert!(msg(&s).contains("sigma[3, 3] is inf"), "{}", msg(&s));
+    let mut s = good;
+    s.mu[2] = f64::NAN;
+    assert!(msg(&s).contains("mu[2] is NaN"), "{}", msg(&s));
+}

@@ -214,7 +214,7 @@ pub fn varmap_tensors(varmap: &VarMap) -> Result<Vec<(String, Tensor)>> {
 }
 
 fn file_err(what: &str, path: &Path, e: impl std::fmt::Display) -> NetsError {
-    NetsError::Input(format!("{what} {}: {e}", path.display()))
+    NetsError::File(format!("{what} {}: {e}", path.display()))
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
@@ -339,7 +339,7 @@ pub fn load_network(path: &Path, device: &Device) -> Result<LoadedNetwork> {
     let (meta, tensors) = read_safetensors(path, device)?;
     let get = |key: &str| {
         meta.get(key).ok_or_else(|| {
-            NetsError::Config(format!(
+            NetsError::File(format!(
                 "checkpoint {}: no {key:?} metadata, so it is not a lossfloor network file \
                  (a plain state dict needs a TOML config with [network] and [precond])",
                 path.display()
@@ -348,13 +348,13 @@ pub fn load_network(path: &Path, device: &Device) -> Result<LoadedNetwork> {
     };
     let format = get(META_FORMAT)?;
     if format != FORMAT_NETWORK_V1 {
-        return Err(NetsError::Config(format!(
+        return Err(NetsError::File(format!(
             "checkpoint {}: unsupported format {format:?} (this build reads {FORMAT_NETWORK_V1:?})",
             path.display()
         )));
     }
     let bad_json = |key: &str, e: serde_json::Error| {
-        NetsError::Config(format!(
+        NetsError::File(format!(
             "checkpoint {}: invalid {key} metadata: {e}",
             path.display()
         ))
@@ -525,6 +525,7 @@ impl SimpleBackend for CheckBackend {
                 s.dims()
             )));
         }
+        let t = checked_weights(t, name, &st.file).map_err(|msg| self.fail(msg))?;
         let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(dev)?)?;
         st.varmap
             .data()
@@ -553,6 +554,39 @@ impl SimpleBackend for CheckBackend {
             .map(|m| m.contains_key(name))
             .unwrap_or(false)
     }
+}
+
+/// Floating-point dtypes a checkpoint tensor may have: F32 is used as is; F16, BF16 and F64
+/// (e.g. EDM2's half-precision exports, float64 conversions) are converted to F32.
+const WEIGHT_DTYPES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
+
+/// Checks a tensor read from checkpoint `file` as weight `name`: a floating-point dtype
+/// (integer weights are refused rather than converted) and only finite values (a NaN or
+/// an infinity would make every output NaN). Returns it as F32.
+fn checked_weights(t: Tensor, name: &str, file: &str) -> std::result::Result<Tensor, String> {
+    if !WEIGHT_DTYPES.contains(&t.dtype()) {
+        return Err(format!(
+            "checkpoint {file}: tensor {name} has dtype {:?}; weights must be F32 (F16, BF16 \
+             and F64 are converted)",
+            t.dtype()
+        ));
+    }
+    let t = t
+        .to_dtype(DType::F32)
+        .map_err(|e| format!("checkpoint {file}: tensor {name}: {e}"))?;
+    // x − x is 0 for every finite x and NaN for NaN and ±inf, so the sum is 0 exactly when
+    // all values are finite (on any device, without copying the tensor to the host).
+    let nonfinite = t
+        .sub(&t)
+        .and_then(|d| d.sum_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .map_err(|e| format!("checkpoint {file}: tensor {name}: {e}"))?;
+    if nonfinite != 0.0 {
+        return Err(format!(
+            "checkpoint {file}: tensor {name} holds NaN or infinite values"
+        ));
+    }
+    Ok(t)
 }
 
 /// EDM's stored resampling buffer `f ⊗ f / (Σf)²` of shape `[1, 1, k, k]`.
@@ -591,7 +625,7 @@ fn build_checked(
         Ok(n) => n,
         Err(e) => {
             let recorded = state.error.lock().ok().and_then(|mut g| g.take());
-            return Err(recorded.map(NetsError::Config).unwrap_or(e));
+            return Err(recorded.map(NetsError::File).unwrap_or(e));
         }
     };
     let mut rest: Vec<(String, Tensor)> = state
@@ -602,7 +636,7 @@ fn build_checked(
         .collect();
     rest.sort_by(|a, b| a.0.cmp(&b.0));
     let file = &state.file;
-    let mismatch = |msg: String| NetsError::Config(format!("checkpoint {file}: {msg}"));
+    let mismatch = |msg: String| NetsError::File(format!("checkpoint {file}: {msg}"));
     let mut pos_embed = None;
     for (name, t) in rest {
         if let NetworkSpec::DiT(cfg) = spec {
@@ -647,7 +681,9 @@ fn build_checked(
     if let NetworkSpec::DiT(cfg) = spec {
         // Keep DiT's fixed table in the VarMap so that a re-save carries it.
         let t = match pos_embed {
-            Some(t) => t.to_dtype(DType::F32)?.to_device(device)?,
+            Some(t) => checked_weights(t, dit::POS_EMBED, file)
+                .map_err(NetsError::File)?
+                .to_device(device)?,
             None => Tensor::from_vec(
                 dit::sincos_pos_embed_2d(cfg.hidden_size, cfg.grid_size()),
                 (1, cfg.num_patches(), cfg.hidden_size),

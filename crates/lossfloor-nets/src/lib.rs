@@ -33,6 +33,10 @@ pub enum NetsError {
     /// An invalid network configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A file that cannot be read or written, or whose content is not what it should be
+    /// (the message names the file).
+    #[error("{0}")]
+    File(String),
     /// A missing or malformed forward input.
     #[error("invalid input: {0}")]
     Input(String),

@@ -60,6 +60,22 @@ pub fn latents_from_npy(path: &Path, expected: [usize; 3], device: &Device) -> R
         path: path.to_path_buf(),
         reason,
     };
+    // The declared size must fit in the file before anything is read or allocated.
+    let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
+    let declared = shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .and_then(|n| n.checked_mul(dtype.num_bytes().unwrap_or(1) as u64));
+    match declared {
+        Some(b) if b <= file_len => {}
+        Some(b) => {
+            return Err(npy_err(format!(
+                "shape {shape:?} of {} needs {b} bytes of data, the file has {file_len} bytes",
+                dtype.descr()
+            )))
+        }
+        None => return Err(npy_err(format!("shape {shape:?} overflows"))),
+    }
     let data: Vec<f32> = match npy.try_data::<f32>() {
         Ok(r) => r
             .collect::<std::io::Result<Vec<f32>>>()
@@ -69,9 +85,23 @@ pub fn latents_from_npy(path: &Path, expected: [usize; 3], device: &Device) -> R
                 .map(|v| v.map(|v| v as f32))
                 .collect::<std::io::Result<Vec<f32>>>()
                 .map_err(|e| npy_err(format!("reading f64 data: {e}")))?,
-            Err(_) => return Err(npy_err(format!("dtype {dtype:?} is not f32 or f64"))),
+            Err(_) => {
+                return Err(npy_err(format!(
+                    "dtype {} is not float32 or float64",
+                    dtype.descr()
+                )))
+            }
         },
     };
+    // A NaN or infinite latent makes its whole image NaN, written without a word.
+    if let Some(k) = data.iter().position(|v| !v.is_finite()) {
+        let per_image: usize = expected.iter().product();
+        return Err(npy_err(format!(
+            "value {k} (image {}) is {}; latents must be finite",
+            k / per_image.max(1),
+            data[k]
+        )));
+    }
     let mut dims = shape.clone();
     if dims.len() == 3 {
         dims.insert(0, 1);

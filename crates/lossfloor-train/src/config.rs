@@ -204,17 +204,22 @@ impl NetworkConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrecondConfig {
-    /// Process: vp, ve, edm, iddpm, fm, sd3.
+    /// Process: vp, ve, edm, iddpm, fm, sd3 (default edm, as when `[precond]` is absent).
+    #[serde(default = "d_process")]
     pub process: ProcessKind,
     /// σ_data of EDM's preconditioning (only for `edm`; default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigma_data: Option<f64>,
 }
 
+fn d_process() -> ProcessKind {
+    ProcessKind::Edm
+}
+
 impl Default for PrecondConfig {
     fn default() -> Self {
         Self {
-            process: ProcessKind::Edm,
+            process: d_process(),
             sigma_data: None,
         }
     }
@@ -694,17 +699,21 @@ impl Config {
         Self::parse(&text, overrides).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
-    /// Parses config text, applies `overrides` and checks the result.
+    /// Parses config text, applies `overrides` and checks the result. A TOML error is
+    /// blamed on what caused it: a line of `text` (`line L, column C: …`) or one `--set`.
     pub fn parse(text: &str, overrides: &[String]) -> Result<Config> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow!("{e}"))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| anyhow!("{}", toml_error_in(text, &e)))?;
         let cfg: Config = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| anyhow!("{e}"))?
+            toml::from_str(text).map_err(|e| anyhow!("{}", toml_error_in(text, &e)))?
         } else {
-            let merged = toml::to_string(&table)?;
-            toml::from_str(&merged).map_err(|e| anyhow!("after --set overrides: {e}"))?
+            for o in overrides {
+                apply_override(&mut table, o)?;
+            }
+            match toml::Value::Table(table.clone()).try_into::<Config>() {
+                Ok(cfg) => cfg,
+                Err(e) => return Err(blame_toml_error(text, overrides, &e)),
+            }
         };
         check_network_keys(&table, &cfg)?;
         cfg.validate()?;
@@ -746,6 +755,15 @@ impl Config {
             .validate()
             .map_err(|e| anyhow!("network: {e}"))?;
         self.precond.build().map_err(|e| anyhow!("precond: {e}"))?;
+        let net = self.effective_network();
+        let (in_channels, _) = net.input_shape();
+        if net.output_channels() != in_channels {
+            bail!(
+                "network.out_channels = {} must equal network.in_channels = {in_channels}: the \
+                 denoiser's output is an image like its input",
+                net.output_channels()
+            );
+        }
         let t = &self.train;
         if t.batch == 0 {
             bail!("train.batch must be positive");
@@ -770,6 +788,11 @@ impl Config {
             bail!("train.stat_bins must be positive");
         }
         t.device_ordinal()?;
+        lossfloor_sampler::parse_seeds(&self.sample.seeds)
+            .map_err(|e| anyhow!("sample.seeds = {:?}: {e}", self.sample.seeds))?;
+        if self.sample.steps == 0 {
+            bail!("sample.steps must be at least 1");
+        }
         let o = &self.optimizer;
         if !(o.lr >= 0.0 && o.eps > 0.0 && o.weight_decay >= 0.0 && o.rampup_kimg >= 0.0) {
             bail!("optimizer: lr, weight_decay, rampup_kimg must be >= 0 and eps > 0");
@@ -1049,6 +1072,115 @@ fn unet_bounds(
         .and_then(|w| w.checked_mul(w))
         .and_then(|v| v.checked_mul(9));
     ("model_channels", model_channels, feature, weights)
+}
+
+/// A TOML error as one line: `line L, column C: MESSAGE (at `SOURCE LINE`)` when it has a
+/// position in `text`, else the bare message (the parser's multi-line excerpt is dropped).
+pub fn toml_error_in(text: &str, e: &toml::de::Error) -> String {
+    let msg = one_line(e.message());
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let source = text[line_start..].lines().next().unwrap_or("").trim();
+    if source.is_empty() {
+        format!("line {line}, column {column}: {msg}")
+    } else {
+        format!("line {line}, column {column}: {msg} (at `{source}`)")
+    }
+}
+
+/// Joins a multi-line message into one line, and says "a table" where serde names a Rust
+/// type ("expected struct TrainConfig").
+fn one_line(msg: &str) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut it = msg.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "struct" && words.last().is_some_and(|l| l == "expected") {
+            let name = it.next().unwrap_or("");
+            let tail = name.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+            words.push("a".into());
+            words.push(format!("table{tail}"));
+            continue;
+        }
+        if words.last().is_some_and(|l| l == "expected") {
+            let core = w.trim_end_matches(|c: char| !c.is_alphanumeric());
+            let tail = &w[core.len()..];
+            let plain = match core {
+                "usize" | "u64" | "u32" | "u16" | "u8" => Some("a non-negative integer"),
+                "i64" | "i32" => Some("an integer"),
+                "f64" | "f32" => Some("a number"),
+                "bool" => Some("true or false"),
+                _ => None,
+            };
+            if let Some(plain) = plain {
+                words.push(format!("{plain}{tail}"));
+                continue;
+            }
+        }
+        words.push(w.into());
+    }
+    words.join(" ")
+}
+
+/// Finds what made the config with `overrides` fail to deserialise with `err`: the file
+/// itself (when it fails alone with the same message, reported at its line), or the first
+/// `--set` after which it fails.
+fn blame_toml_error(text: &str, overrides: &[String], err: &toml::de::Error) -> anyhow::Error {
+    if let Err(e) = toml::from_str::<Config>(text) {
+        if e.message() == err.message() {
+            return anyhow!("{}", toml_error_in(text, &e));
+        }
+    }
+    let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+        return anyhow!("{}", one_line(err.message()));
+    };
+    for o in overrides {
+        if apply_override(&mut table, o).is_err() {
+            break;
+        }
+        if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
+            if e.message() == err.message() {
+                return anyhow!("--set {o}: {}", one_line(e.message()));
+            }
+        }
+    }
+    anyhow!("after the --set overrides: {}", one_line(err.message()))
+}
+
+/// The keys (`section.key`) whose values differ between two configs, each as
+/// `key: A vs B` with the values as TOML; empty when they agree.
+pub fn config_differences(a: &Config, b: &Config) -> Result<Vec<String>> {
+    fn walk(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(toml::Value::Table(ta)), Some(toml::Value::Table(tb))) => {
+                let mut keys: Vec<&String> = ta.keys().chain(tb.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, ta.get(k), tb.get(k), out);
+                }
+            }
+            (a, b) if a != b => {
+                let show = |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+                out.push(format!("{prefix}: {} vs {}", show(a), show(b)));
+            }
+            _ => {}
+        }
+    }
+    let (a, b) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
+    let mut out = Vec::new();
+    walk("", Some(&a), Some(&b), &mut out);
+    Ok(out)
 }
 
 /// Applies one `key.sub=value` override to a parsed TOML table.

@@ -146,6 +146,7 @@ impl Trainer {
         }
         let varmap = VarMap::new();
         let net = net_cfg.build(&varmap, &device, cfg.train.seed)?;
+        probe_forward(net.as_ref(), &net_cfg, &device)?;
         let tv = net.trainable_vars(&varmap)?;
         let names: Vec<String> = tv.iter().map(|(n, _)| n.clone()).collect();
         let vars: Vec<Var> = tv.into_iter().map(|(_, v)| v).collect();
@@ -275,10 +276,14 @@ impl Trainer {
             c
         };
         if comparable(&old) != comparable(&self.cfg) {
+            let diff =
+                crate::config::config_differences(&comparable(&old), &comparable(&self.cfg))?;
             bail!(
-                "{}: the training state was made with a different config (only train.duration_kimg, \
-                 tick_kimg, snapshot_ticks, state_ticks, device and [sample] may change on resume)",
-                path.display()
+                "{}: the training state was made with a different config ({}; state vs now); \
+                 only train.duration_kimg, tick_kimg, snapshot_ticks, state_ticks, device and \
+                 [sample] may change on resume",
+                path.display(),
+                diff.join(", ")
             );
         }
         for (v, x) in self.vars.iter().zip(&t.net) {
@@ -947,6 +952,33 @@ pub fn load_dataset(cfg: &Config) -> Result<Dataset> {
     Ok(ds.with_xflip(cfg.data.xflip))
 }
 
+/// Runs the network once on one zero image at σ̂-independent labels, so that a network
+/// config that cannot train (e.g. channels that do not fit the images) fails at start with
+/// the key named, not at the first step.
+fn probe_forward(net: &dyn Network, net_cfg: &NetworkConfig, device: &Device) -> Result<()> {
+    let (c, r) = net_cfg.input_shape();
+    let x = Tensor::zeros((1, c, r, r), DType::F32, device)?;
+    let noise = Tensor::zeros(1, DType::F32, device)?;
+    let label_dim = net_cfg.label_dim();
+    let class = (label_dim > 0)
+        .then(|| Tensor::zeros((1, label_dim), DType::F32, device))
+        .transpose()?;
+    let out = net
+        .forward(&x, &noise, class.as_ref(), None, false)
+        .map_err(|e| {
+            anyhow!("network: a trial forward pass on one {c}x{r}x{r} image failed: {e}")
+        })?;
+    let dims = out.dims();
+    let want = net_cfg.output_channels();
+    if dims.len() != 4 || dims[0] != 1 || dims[1] < want || dims[2] != r || dims[3] != r {
+        bail!(
+            "network: a trial forward pass on one {c}x{r}x{r} image returned shape {dims:?}, \
+             expected [1, {want}, {r}, {r}]"
+        );
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) training of `cfg` on `dataset` in `run_dir`; writes the resolved
 /// config to `run_dir/config.toml`.
 pub fn train_with_dataset(
@@ -968,11 +1000,20 @@ pub fn train_with_dataset(
         (Resume::Auto, Some(p)) => Some(p),
         (Resume::Path(p), _) => Some(p.clone()),
     };
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
-    crate::state::write_atomic(&run_dir.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    // Everything that can fail on the config (network, curve, a trial forward pass) runs
+    // before the run directory is made or touched.
+    let config_text = cfg.to_toml()?;
     let mut t = Trainer::new(cfg, dataset, run_dir.to_path_buf())?;
     t.progress = progress;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
+    for p in lossfloor_core::fs::remove_leftover_temporaries(run_dir)? {
+        eprintln!(
+            "{}: removed, a temporary file left by an interrupted write",
+            p.display()
+        );
+    }
+    crate::state::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
     match from {
         Some(p) => {
             t.load_state(&p)?;

@@ -151,3 +151,54 @@ fn optimal_loss_needs_a_curve() {
     .unwrap();
     assert_eq!(cfg.loss_weight(), LossWeight::OptimalLoss);
 }
+
+#[test]
+fn precond_section_without_process_uses_the_documented_default() {
+    let cfg = Config::parse(&format!("{MINIMAL}\n[precond]\nsigma_data = 0.25\n"), &[]).unwrap();
+    assert_eq!(cfg.precond.process, lossfloor_core::ProcessKind::Edm);
+    assert_eq!(cfg.precond.sigma_data, Some(0.25));
+    assert_eq!(cfg.precond, {
+        let mut p = Config::parse(MINIMAL, &[]).unwrap().precond;
+        p.sigma_data = Some(0.25);
+        p
+    });
+}
+
+#[test]
+fn toml_errors_are_blamed_on_the_line_or_the_set() {
+    // A wrong type in the file: its line and column, and the source line.
+    let text = format!("{MINIMAL}[train]\nbatch = -3\n");
+    let e = format!("{:#}", Config::parse(&text, &[]).unwrap_err());
+    let line = text.lines().count();
+    assert!(e.starts_with(&format!("line {line}, column 9: ")), "{e}");
+    assert!(e.contains("(at `batch = -3`)") && !e.contains('\n'), "{e}");
+    // The same value from a --set: the --set is named, with no line of a rewritten file.
+    let e = format!(
+        "{:#}",
+        Config::parse(MINIMAL, &["train.seed=1".into(), "train.batch=-3".into()]).unwrap_err()
+    );
+    assert!(e.starts_with("--set train.batch=-3: "), "{e}");
+    assert!(!e.contains("line "), "{e}");
+    // A file error stays the file's, even when --set options are given.
+    let e = format!(
+        "{:#}",
+        Config::parse(&text, &["train.seed=1".into()]).unwrap_err()
+    );
+    assert!(e.starts_with(&format!("line {line}, ")), "{e}");
+}
+
+#[test]
+fn config_differences_name_each_key() {
+    let a = Config::parse(MINIMAL, &[]).unwrap();
+    let b = Config::parse(MINIMAL, &["optimizer.lr=0.5".into(), "train.seed=3".into()]).unwrap();
+    let d = lossfloor_train::config::config_differences(&a, &b).unwrap();
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d[0].starts_with("optimizer.lr: ") && d[0].ends_with(" vs 0.5"),
+        "{d:?}"
+    );
+    assert_eq!(d[1], "train.seed: 0 vs 3");
+    assert!(lossfloor_train::config::config_differences(&a, &a)
+        .unwrap()
+        .is_empty());
+}
