@@ -43,8 +43,7 @@ pub mod wavelet;
 pub use affine::{inverse_geometric_matrix, Affine};
 pub use labels::{augment_labels, LABEL_DIM, LABEL_NAMES};
 pub use params::{
-    draw_params, draw_raw, params_from_draws, AugmentConfig, AugmentParams, AugmentStds,
-    RawDraws,
+    draw_params, draw_raw, params_from_draws, AugmentConfig, AugmentParams, AugmentStds, RawDraws,
 };
 
 /// Errors of [`apply`]: inputs that do not describe a batch.
@@ -94,7 +93,11 @@ pub fn flip_y(image: &mut [f32], h: usize, w: usize) {
 }
 
 /// Checks that `images` is an NCHW batch of `shape` with one finite record per image.
-fn validate(images: &[f32], shape: [usize; 4], params: &[AugmentParams]) -> Result<(), AugmentError> {
+fn validate(
+    images: &[f32],
+    shape: [usize; 4],
+    params: &[AugmentParams],
+) -> Result<(), AugmentError> {
     let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     if shape.contains(&0) || expected != Some(images.len()) {
         return Err(AugmentError::Shape {

@@ -254,7 +254,11 @@ pub fn draw_raw<R: Rng + ?Sized>(rng: &mut R) -> RawDraws {
 
 /// Draws `n` parameter records from `rng` (one image after another), each a pure function of
 /// the stream: a seeded RNG gives the same records on every run.
-pub fn draw_params<R: Rng + ?Sized>(rng: &mut R, cfg: &AugmentConfig, n: usize) -> Vec<AugmentParams> {
+pub fn draw_params<R: Rng + ?Sized>(
+    rng: &mut R,
+    cfg: &AugmentConfig,
+    n: usize,
+) -> Vec<AugmentParams> {
     (0..n)
         .map(|_| params_from_draws(&draw_raw(rng), cfg))
         .collect()

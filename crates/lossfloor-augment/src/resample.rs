@@ -69,7 +69,10 @@ pub fn reflect_index(i: isize, len: usize) -> usize {
 
 /// Pads an `h × w` plane by `margin` with reflection.
 pub fn reflect_pad(plane: &[f32], h: usize, w: usize, margin: Margin) -> Vec<f32> {
-    let (ph, pw) = (h + margin.top + margin.bottom, w + margin.left + margin.right);
+    let (ph, pw) = (
+        h + margin.top + margin.bottom,
+        w + margin.left + margin.right,
+    );
     let mut out = Vec::with_capacity(ph * pw);
     for y in 0..ph {
         let sy = reflect_index(y as isize - margin.top as isize, h);
@@ -177,7 +180,10 @@ fn sample_plane(plane: &[f32], taps: &[PixelTaps]) -> Vec<f32> {
 pub fn resample_batch(images: &[f32], shape: [usize; 4], inverses: &[Affine]) -> Vec<f32> {
     let [n, c, h, w] = shape;
     let margin = padding_margin(inverses, w, h);
-    let (pad_h, pad_w) = (h + margin.top + margin.bottom, w + margin.left + margin.right);
+    let (pad_h, pad_w) = (
+        h + margin.top + margin.bottom,
+        w + margin.left + margin.right,
+    );
     let up_size = (2 * pad_w, 2 * pad_h);
     let out_size = (2 * (w + 2 * FILTER_BORDER), 2 * (h + 2 * FILTER_BORDER));
     let mut out = Vec::with_capacity(images.len());

@@ -86,13 +86,7 @@ pub fn upsample_plane(plane: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let wide_cols = 2 * cols;
     let mut wide = vec![0f32; rows * wide_cols];
     for r in 0..rows {
-        upsample_line(
-            &plane[r * cols..],
-            cols,
-            1,
-            &mut wide[r * wide_cols..],
-            1,
-        );
+        upsample_line(&plane[r * cols..], cols, 1, &mut wide[r * wide_cols..], 1);
     }
     let mut out = vec![0f32; 2 * rows * wide_cols];
     for c in 0..wide_cols {
@@ -124,7 +118,14 @@ pub fn downsample_plane(
     }
     let mut out = vec![0f32; out_rows * out_cols];
     for c in 0..out_cols {
-        downsample_line(&narrow[c..], rows, out_cols, &mut out[c..], out_rows, out_cols);
+        downsample_line(
+            &narrow[c..],
+            rows,
+            out_cols,
+            &mut out[c..],
+            out_rows,
+            out_cols,
+        );
     }
     out
 }
@@ -150,13 +151,20 @@ mod tests {
     fn up_then_down_line_returns_the_interior_shifted_by_the_border() {
         // out[n] = x[n + 3] away from the ends (see the module doc); f32 round-off of 12-tap
         // sums of values ≤ 1 is below 1e-6.
-        let x: Vec<f32> = (0..20).map(|i| ((i * 7 % 11) as f32) / 11.0 - 0.5).collect();
+        let x: Vec<f32> = (0..20)
+            .map(|i| ((i * 7 % 11) as f32) / 11.0 - 0.5)
+            .collect();
         let mut up = vec![0f32; 40];
         upsample_line(&x, 20, 1, &mut up, 1);
         let mut down = vec![0f32; 14];
         downsample_line(&up, 40, 1, &mut down, 14, 1);
         for n in 3..11 {
-            assert!((down[n] - x[n + 3]).abs() < 1e-6, "n {n}: {} vs {}", down[n], x[n + 3]);
+            assert!(
+                (down[n] - x[n + 3]).abs() < 1e-6,
+                "n {n}: {} vs {}",
+                down[n],
+                x[n + 3]
+            );
         }
     }
 }

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use lossfloor_augment::{
-    apply, inverse_geometric_matrix, params_from_draws, resample::padding_margin,
-    AugmentConfig, AugmentParams, AugmentStds, RawDraws, LABEL_DIM,
+    apply, inverse_geometric_matrix, params_from_draws, resample::padding_margin, AugmentConfig,
+    AugmentParams, AugmentStds, RawDraws, LABEL_DIM,
 };
 use serde_json::Value;
 
