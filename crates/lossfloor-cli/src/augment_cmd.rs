@@ -308,7 +308,7 @@ pub fn run(args: AugmentArgs) -> Result<()> {
         .iter()
         .filter(|p| **p != AugmentParams::default())
         .count();
-    eprintln!("{applied} of {n} images transformed");
+    eprintln!("{applied} of {n} images have at least one transform (x-flips included)");
     Ok(())
 }
 
