@@ -1,5 +1,6 @@
 //! `lossfloor`: diffusion training against the optimal loss.
 
+mod augment_cmd;
 mod curve_cmd;
 mod diagnose;
 mod diagnose_eval;
@@ -47,6 +48,7 @@ enum Command {
     Diagnose(diagnose::DiagnoseArgs),
     Study(study::StudyArgs),
     Weights(weights_cmd::WeightsArgs),
+    Augment(augment_cmd::AugmentArgs),
 }
 
 /// Opens the device of a `--device` flag; the error names the flag and the accepted values.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => diagnose::run(args),
         Command::Study(args) => study::run(args),
         Command::Weights(args) => weights_cmd::run(args),
+        Command::Augment(args) => augment_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
