@@ -6,6 +6,7 @@ mod diagnose;
 mod diagnose_eval;
 mod estimate;
 mod fid_cmd;
+mod phema_cmd;
 mod plot;
 mod sample;
 mod sigmas;
@@ -49,6 +50,7 @@ enum Command {
     Study(study::StudyArgs),
     Weights(weights_cmd::WeightsArgs),
     Augment(augment_cmd::AugmentArgs),
+    Phema(phema_cmd::PhemaArgs),
 }
 
 /// Opens the device of a `--device` flag; the error names the flag and the accepted values.
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study::run(args),
         Command::Weights(args) => weights_cmd::run(args),
         Command::Augment(args) => augment_cmd::run(args),
+        Command::Phema(args) => phema_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -457,6 +457,11 @@ pub struct EmaConfig {
     /// tracked 0.05 and 0.10).
     #[serde(default = "d_ema_std")]
     pub std: f64,
+    /// Power-function profiles tracked for post-hoc EMA (`power` only; EDM2's 0.050 and
+    /// 0.100). Each is saved as `power-ema-NNNNNNNNNN-S.SSS.safetensors` with every network
+    /// snapshot; `lossfloor phema` reconstructs other lengths from them. Empty = none.
+    #[serde(default = "d_ema_stds")]
+    pub stds: Vec<f64>,
 }
 /// The EMA's form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +482,9 @@ fn d_rampup_ratio() -> f64 {
 fn d_ema_std() -> f64 {
     0.05
 }
+fn d_ema_stds() -> Vec<f64> {
+    vec![0.05, 0.10]
+}
 impl Default for EmaConfig {
     fn default() -> Self {
         Self {
@@ -484,6 +492,7 @@ impl Default for EmaConfig {
             halflife_kimg: d_halflife(),
             rampup_ratio: d_rampup_ratio(),
             std: d_ema_std(),
+            stds: d_ema_stds(),
         }
     }
 }
@@ -808,6 +817,17 @@ impl Config {
         }
         // σ_rel falls as γ grows from 0 (EDM2's range), so each σ_rel ≤ σ_rel(0) = 1/√12
         // has one γ ≥ 0.
+        for (k, &std) in self.ema.stds.iter().enumerate() {
+            crate::posthoc_ema::check_std(std).map_err(|e| anyhow!("ema.stds[{k}]: {e}"))?;
+            if self.ema.stds[..k]
+                .iter()
+                .any(|&o| format!("{o:.3}") == format!("{std:.3}"))
+            {
+                bail!(
+                    "ema.stds[{k}] = {std} repeats a profile (stds are told apart to 3 decimals)"
+                );
+            }
+        }
         if !(self.ema.std > 0.0 && self.ema.std <= crate::ema::MAX_POWER_STD) {
             bail!(
                 "ema.std = {} must lie in (0, {:.4}] (σ_rel of a power-function EMA with γ ≥ 0)",

@@ -17,6 +17,7 @@ pub mod curve_match;
 pub mod effective_weight;
 pub mod ema;
 pub mod eval_gap;
+pub mod posthoc_ema;
 pub mod schedule;
 pub mod state;
 pub mod train;

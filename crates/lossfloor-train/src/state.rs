@@ -55,6 +55,9 @@ pub struct StateTensors {
     pub adam_m: Vec<Tensor>,
     /// Adam second moments.
     pub adam_v: Vec<Tensor>,
+    /// The post-hoc EMA profiles' weights (`phema{k}/NAME`), one list per `[ema] stds`
+    /// entry; empty when none are tracked.
+    pub profiles: Vec<Vec<Tensor>>,
 }
 
 /// Path of the state after `nimg` images.
@@ -96,12 +99,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Serialises a state.
 pub fn save_state(path: &Path, names: &[String], t: &StateTensors, meta: &StateMeta) -> Result<()> {
     let mut data: Vec<(String, &Tensor)> = Vec::with_capacity(4 * names.len());
-    for (prefix, list) in [
+    let profile_prefixes: Vec<String> = (0..t.profiles.len()).map(profile_prefix).collect();
+    let groups = [
         ("net", &t.net),
         ("ema", &t.ema),
         ("adam_m", &t.adam_m),
         ("adam_v", &t.adam_v),
-    ] {
+    ]
+    .into_iter()
+    .chain(profile_prefixes.iter().map(String::as_str).zip(&t.profiles));
+    for (prefix, list) in groups {
         if list.len() != names.len() {
             bail!("{prefix}: {} tensors for {} names", list.len(), names.len());
         }
@@ -115,10 +122,17 @@ pub fn save_state(path: &Path, names: &[String], t: &StateTensors, meta: &StateM
     write_atomic(path, &bytes)
 }
 
-/// Reads a state written by [`save_state`] for the parameters `names`.
+/// Tensor-name prefix of post-hoc EMA profile `k` in a state.
+fn profile_prefix(k: usize) -> String {
+    format!("phema{k}")
+}
+
+/// Reads a state written by [`save_state`] for the parameters `names`, with `profiles`
+/// post-hoc EMA profiles.
 pub fn load_state(
     path: &Path,
     names: &[String],
+    profiles: usize,
     device: &Device,
 ) -> Result<(StateTensors, StateMeta)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -151,6 +165,9 @@ pub fn load_state(
         ema: take("ema")?,
         adam_m: take("adam_m")?,
         adam_v: take("adam_v")?,
+        profiles: (0..profiles)
+            .map(|k| take(&profile_prefix(k)))
+            .collect::<Result<_>>()?,
     };
     Ok((t, meta))
 }

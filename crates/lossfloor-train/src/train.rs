@@ -31,11 +31,12 @@ use serde_json::json;
 
 use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam};
 use crate::config::{
-    Config, CurveEstimateConfig, GapSource, LossWeight, NetworkConfig, ScheduleKind,
+    Config, CurveEstimateConfig, EmaKind, GapSource, LossWeight, NetworkConfig, ScheduleKind,
 };
 use crate::curve_match::check_curve_matches;
 use crate::ema::{ema_beta, Ema};
 use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
+use crate::posthoc_ema::{profile_snapshot_path, PowerProfiles};
 use crate::schedule::{AdaptiveSchedule, BinStats, OptimalWeight};
 use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, StateTensors};
 
@@ -102,6 +103,8 @@ pub struct Trainer {
     vars: Vec<Var>,
     adam: Adam,
     ema: Ema,
+    /// Post-hoc EMA profiles (`[ema] kind = "power"` with `stds`).
+    profiles: Option<PowerProfiles>,
     process: Box<dyn Process>,
     weight: Weight,
     adaptive: Option<AdaptiveSchedule>,
@@ -152,6 +155,12 @@ impl Trainer {
         let vars: Vec<Var> = tv.into_iter().map(|(_, v)| v).collect();
         let adam = Adam::new(&vars, &cfg.optimizer)?;
         let ema = Ema::new(&vars)?;
+        let profiles = match cfg.ema.kind {
+            EmaKind::Power if !cfg.ema.stds.is_empty() => {
+                Some(PowerProfiles::new(&vars, &cfg.ema.stds)?)
+            }
+            _ => None,
+        };
         let process = cfg.precond.build()?;
         let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
             (Some(p), _) => {
@@ -206,6 +215,7 @@ impl Trainer {
             vars,
             adam,
             ema,
+            profiles,
             process,
             weight,
             adaptive,
@@ -234,6 +244,11 @@ impl Trainer {
             ema: self.ema.tensors.clone(),
             adam_m: self.adam.m.clone(),
             adam_v: self.adam.v.clone(),
+            profiles: self
+                .profiles
+                .as_ref()
+                .map(|p| p.emas.iter().map(|e| e.tensors.clone()).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -262,7 +277,15 @@ impl Trainer {
     /// Continues from a training state. The state's config must agree with this run's in
     /// everything but the duration, intervals, sampling and device.
     pub fn load_state(&mut self, path: &Path) -> Result<()> {
-        let (t, meta) = load_state(path, &self.names, &self.device)?;
+        let n_profiles = self.profiles.as_ref().map_or(0, |p| p.stds.len());
+        let (t, meta) =
+            load_state(path, &self.names, n_profiles, &self.device).with_context(|| {
+                if n_profiles > 0 {
+                    format!("(the run tracks {n_profiles} post-hoc EMA profiles, ema.stds)")
+                } else {
+                    String::new()
+                }
+            })?;
         let old = Config::parse(&meta.config, &[])
             .with_context(|| format!("{}: the stored config", path.display()))?;
         let comparable = |c: &Config| {
@@ -290,6 +313,11 @@ impl Trainer {
             v.set(x)?;
         }
         self.ema.tensors = t.ema;
+        if let Some(p) = self.profiles.as_mut() {
+            for (ema, tensors) in p.emas.iter_mut().zip(t.profiles) {
+                ema.tensors = tensors;
+            }
+        }
         self.adam.m = t.adam_m;
         self.adam.v = t.adam_v;
         self.adam.step = meta.adam_step;
@@ -488,6 +516,9 @@ impl Trainer {
         self.adam.step(&self.vars, &grads, lr)?;
         let beta = ema_beta(&self.cfg.ema, self.nimg, batch);
         self.ema.update(&self.vars, beta)?;
+        if let Some(p) = self.profiles.as_mut() {
+            p.update(&self.vars, self.nimg + batch as u64, batch)?;
+        }
         self.nimg += batch as u64;
         self.step += 1;
         acc.lr = lr;
@@ -592,10 +623,16 @@ impl Trainer {
     /// Every tensor of the network (sorted by name) with the EMA weights in place of the
     /// trainable ones; buffers as they are.
     fn ema_network_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        self.network_tensors_with(&self.ema.tensors)
+    }
+
+    /// Every tensor of the network (sorted by name) with `weights` (in parameter order) in
+    /// place of the trainable ones; buffers as they are.
+    fn network_tensors_with(&self, weights: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         let mut tensors = varmap_tensors(&self.varmap)?;
         for (name, t) in tensors.iter_mut() {
             if let Ok(i) = self.names.binary_search(name) {
-                *t = self.ema.tensors[i].clone();
+                *t = weights[i].clone();
             }
         }
         Ok(tensors)
@@ -613,6 +650,19 @@ impl Trainer {
             ("lossfloor.train.config".to_string(), self.cfg.to_toml()?),
         ];
         save_network(&path, &spec, &precond, &tensors, &extra)?;
+        if let Some(p) = &self.profiles {
+            for (std, ema) in p.stds.iter().zip(&p.emas) {
+                let mut extra = extra.to_vec();
+                extra.push(("lossfloor.ema.std".to_string(), format!("{std}")));
+                save_network(
+                    &profile_snapshot_path(&self.run_dir, self.nimg, *std),
+                    &spec,
+                    &precond,
+                    &self.network_tensors_with(&ema.tensors)?,
+                    &extra,
+                )?;
+            }
+        }
         Ok(path)
     }
 

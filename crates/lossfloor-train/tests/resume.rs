@@ -98,8 +98,13 @@ fn resumed_runs_equal_uninterrupted_run_bitwise() {
         .unwrap()
         .names()
         .to_vec();
-    let (ref_t, ref_meta) =
-        load_state(&latest_state(&full).unwrap().unwrap(), &names, &Device::Cpu).unwrap();
+    let (ref_t, ref_meta) = load_state(
+        &latest_state(&full).unwrap().unwrap(),
+        &names,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(ref_meta.step, steps);
     assert_eq!(ref_meta.nimg, steps * 4);
     assert!(ref_meta.schedule.as_ref().unwrap().probs.len() == 32);
@@ -137,8 +142,13 @@ fn resumed_runs_equal_uninterrupted_run_bitwise() {
             false,
         )
         .unwrap();
-        let (t, meta) =
-            load_state(&latest_state(&part).unwrap().unwrap(), &names, &Device::Cpu).unwrap();
+        let (t, meta) = load_state(
+            &latest_state(&part).unwrap().unwrap(),
+            &names,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(meta.step, steps);
         assert_eq!(meta.adam_step, ref_meta.adam_step);
         assert_eq!(meta.schedule, ref_meta.schedule, "j = {j}");
@@ -161,4 +171,101 @@ fn resumed_runs_equal_uninterrupted_run_bitwise() {
         .iter()
         .zip(&ref_t.net)
         .any(|(a, b)| bits(a) != bits(b)));
+}
+
+/// A run with the power EMA and three post-hoc profiles.
+fn power_config(duration_kimg: f64) -> Config {
+    let text = format!(
+        r#"
+[data]
+spec = "npy:unused.npy"
+[network]
+arch = "songunet"
+img_resolution = 8
+in_channels = 1
+out_channels = 1
+model_channels = 8
+channel_mult = [1, 2]
+num_blocks = 1
+attn_resolutions = []
+[optimizer]
+lr = 1e-2
+[ema]
+kind = "power"
+std = 0.1
+stds = [0.05, 0.1, 0.2]
+[train]
+batch = 4
+duration_kimg = {duration_kimg}
+tick_kimg = 0.008
+snapshot_ticks = 1
+state_ticks = 100
+seed = 3
+"#
+    );
+    Config::parse(&text, &[]).unwrap()
+}
+
+#[test]
+fn post_hoc_profiles_resume_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::tiny_dataset(10);
+    let kimg = |s: u64| (s * 4) as f64 / 1000.0;
+    let full = dir.path().join("full");
+    train_with_dataset(
+        power_config(kimg(6)),
+        data.clone(),
+        &full,
+        &Resume::No,
+        false,
+    )
+    .unwrap();
+    let names = Trainer::new(power_config(1.0), data.clone(), dir.path().join("x"))
+        .unwrap()
+        .names()
+        .to_vec();
+    let (ref_t, _) = load_state(
+        &latest_state(&full).unwrap().unwrap(),
+        &names,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(ref_t.profiles.len(), 3);
+    // Every tick wrote one snapshot per profile; the 0.1 profile equals the run's EMA.
+    for nimg in [8u64, 16, 24] {
+        for std in [0.05, 0.1, 0.2] {
+            let p = lossfloor_train::posthoc_ema::profile_snapshot_path(&full, nimg, std);
+            assert!(p.is_file(), "{} missing", p.display());
+        }
+    }
+    for (a, b) in ref_t.profiles[1].iter().zip(&ref_t.ema) {
+        assert_eq!(bits(a), bits(b));
+    }
+    assert!(ref_t.profiles[0]
+        .iter()
+        .zip(&ref_t.profiles[2])
+        .any(|(a, b)| bits(a) != bits(b)));
+    let part = dir.path().join("part");
+    train_with_dataset(
+        power_config(kimg(2)),
+        data.clone(),
+        &part,
+        &Resume::No,
+        false,
+    )
+    .unwrap();
+    train_with_dataset(power_config(kimg(6)), data, &part, &Resume::Auto, false).unwrap();
+    let (t, _) = load_state(
+        &latest_state(&part).unwrap().unwrap(),
+        &names,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (k, (a, b)) in t.profiles.iter().zip(&ref_t.profiles).enumerate() {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(bits(x), bits(y), "profile {k}: {}", names[i]);
+        }
+    }
 }
