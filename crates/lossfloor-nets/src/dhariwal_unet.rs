@@ -297,6 +297,35 @@ impl DhariwalUNet {
         crate::network::vars_named(varmap, &self.params)
     }
 
+    /// Multiply-adds of the forward pass of one image, walking the layers as
+    /// [`DhariwalUNet::forward`] does with their shapes (what is counted: [`crate::flops`]).
+    pub fn forward_macs(&self) -> u64 {
+        let mut total = self.map_layer0.macs() + self.map_layer1.macs();
+        total += self.map_label.as_ref().map_or(0, |l| l.macs());
+        total += self.map_augment.as_ref().map_or(0, |l| l.macs());
+        let r = self.cfg.img_resolution;
+        let mut x = (self.cfg.in_channels, r, r);
+        let mut skips: Vec<usize> = Vec::new();
+        for item in &self.enc {
+            let (m, s) = match item {
+                EncItem::Conv(conv) => conv.macs(x),
+                EncItem::Block(block) => block.macs(x),
+            };
+            total += m;
+            x = s;
+            skips.push(x.0);
+        }
+        for block in &self.dec {
+            if x.0 != block.in_channels {
+                x.0 += skips.pop().unwrap_or(0);
+            }
+            let (m, s) = block.macs(x);
+            total += m;
+            x = s;
+        }
+        total + self.out_conv.macs(x).0
+    }
+
     /// Forward pass `F(x; noise_labels, class_labels, augment_labels)`.
     ///
     /// * `x`: `[N, in_channels, R, R]` (f32)
@@ -376,6 +405,10 @@ impl DhariwalUNet {
 }
 
 impl Network for DhariwalUNet {
+    fn forward_macs(&self) -> u64 {
+        DhariwalUNet::forward_macs(self)
+    }
+
     fn forward(
         &self,
         x: &Tensor,

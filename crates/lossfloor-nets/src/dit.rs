@@ -136,6 +136,25 @@ impl DiTConfig {
         self.grid_size() * self.grid_size()
     }
 
+    /// Multiply-adds of the forward pass of one image, in closed form (what is counted:
+    /// [`crate::flops`]). With T tokens, width d, MLP width m, patch p and C channels:
+    /// patch embedding T·d·C·p²; timestep MLP 256·d + d²; per block adaLN d·6d, qkv T·d·3d,
+    /// attention 2·T²·d, projection T·d², MLP 2·T·d·m; final adaLN d·2d and linear
+    /// T·d·p²·C_out. DiT's paper counts the same (e.g. 118.6 G for DiT-XL/2 at 256×256).
+    pub fn forward_macs(&self) -> u64 {
+        let (t, d, m) = (
+            self.num_patches() as u64,
+            self.hidden_size as u64,
+            self.mlp_hidden() as u64,
+        );
+        let p2 = (self.patch_size * self.patch_size) as u64;
+        let patch = t * d * self.in_channels as u64 * p2;
+        let time = FREQUENCY_EMBEDDING_SIZE as u64 * d + d * d;
+        let block = d * 6 * d + t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m;
+        let last = d * 2 * d + t * d * p2 * self.out_channels() as u64;
+        patch + time + self.depth as u64 * block + last
+    }
+
     /// MLP hidden width, `int(hidden_size * mlp_ratio)` as in timm's `Mlp`.
     pub fn mlp_hidden(&self) -> usize {
         (self.hidden_size as f64 * self.mlp_ratio) as usize
@@ -255,6 +274,7 @@ pub fn patch_embed(x: &Tensor, weight: &Tensor, bias: &Tensor, p: usize) -> Resu
         .permute((0, 2, 4, 1, 3, 5))?
         .reshape((n * gh * gw, c * p * p))?;
     let wm = weight.reshape((d, c * p * p))?;
+    lossfloor_ops::macs::record_macs((n * gh * gw * c * p * p * d) as u64);
     Ok(patches
         .matmul(&wm.t()?)?
         .broadcast_add(bias)?
@@ -328,6 +348,7 @@ impl Lin {
             return Err(NetsError::Input("linear input must have rank >= 1".into()));
         };
         let rows: usize = lead.iter().product();
+        lossfloor_ops::macs::record_macs((rows * in_f * self.out_features) as u64);
         let y = x
             .reshape((rows, in_f))?
             .matmul(&self.weight.t()?)?
@@ -359,6 +380,8 @@ impl Attention {
         let q = (qkv.get(0)? * (1.0 / (hd as f64).sqrt()))?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
+        // Logits and weighted values: 2·T·T·hd per head.
+        lossfloor_ops::macs::record_macs((2 * n * self.num_heads * t * t * hd) as u64);
         let attn = q.matmul(&k.t()?.contiguous()?)?;
         let attn = candle_nn::ops::softmax(&attn, D::Minus1)?;
         let o = attn.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
@@ -673,6 +696,10 @@ impl DiT {
 }
 
 impl crate::Network for DiT {
+    fn forward_macs(&self) -> u64 {
+        self.cfg.forward_macs()
+    }
+
     /// EDM-style call: `noise_labels` is DiT's `t`; `class_labels` `[N,
     /// num_classes]` (one-hot) become indices by argmax, all-zero rows (and
     /// `None`) the null class. DiT has no augmentation conditioning, so

@@ -106,11 +106,20 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.elem_count() / self.in_features.max(1);
+        lossfloor_ops::macs::record_macs((rows as u64) * self.macs());
         let y = x.matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+}
+
+impl Linear {
+    /// Multiply-adds per input row: in·out.
+    pub(crate) fn macs(&self) -> u64 {
+        self.weight.elem_count() as u64
     }
 }
 
@@ -260,11 +269,52 @@ impl Resample {
             Resample::Box => Ok(lossfloor_ops::upsample2x_nearest(x)?),
             Resample::Fir { kernel_up, .. } => {
                 let (n, c, h, w) = x.dims4()?;
+                lossfloor_ops::macs::record_macs((n * c * h * w * kernel_up.elem_count()) as u64);
                 let y = x
                     .reshape((n * c, 1, h, w))?
                     .conv_transpose2d(kernel_up, pad, 0, 2, 1)?;
                 let (_, _, ho, wo) = y.dims4()?;
                 Ok(y.reshape((n, c, ho, wo))?)
+            }
+        }
+    }
+}
+
+/// Output size of a convolution over `size` pixels with kernel `k`, padding `pad`, stride
+/// `stride`: ⌊(size + 2·pad − k)/stride⌋ + 1.
+fn conv_out(size: usize, k: usize, pad: usize, stride: usize) -> usize {
+    (size + 2 * pad - k) / stride + 1
+}
+
+impl Resample {
+    /// Multiply-adds of [`Resample::down`] on a `c`×`h`×`w` image, and the output size. The
+    /// box filter (an average pool) is not counted; the FIR filter is a depthwise k×k conv.
+    pub(crate) fn down_macs(
+        &self,
+        c: usize,
+        h: usize,
+        w: usize,
+        pad: usize,
+    ) -> (u64, usize, usize) {
+        match self {
+            Resample::Box => (0, h / 2, w / 2),
+            Resample::Fir { kernel, .. } => {
+                let k = kernel.dim(2).unwrap_or(1);
+                let (ho, wo) = (conv_out(h, k, pad, 2), conv_out(w, k, pad, 2));
+                ((c * ho * wo * k * k) as u64, ho, wo)
+            }
+        }
+    }
+
+    /// Multiply-adds of [`Resample::up`] (a transposed depthwise conv: k² per input pixel),
+    /// and the output size; the box filter (nearest upsampling) is not counted.
+    pub(crate) fn up_macs(&self, c: usize, h: usize, w: usize, pad: usize) -> (u64, usize, usize) {
+        match self {
+            Resample::Box => (0, 2 * h, 2 * w),
+            Resample::Fir { kernel_up, .. } => {
+                let k = kernel_up.dim(2).unwrap_or(1);
+                let (ho, wo) = ((h - 1) * 2 + k - 2 * pad, (w - 1) * 2 + k - 2 * pad);
+                ((c * h * w * k * k) as u64, ho, wo)
             }
         }
     }
@@ -361,6 +411,46 @@ impl Conv2d {
                     Some(w) => lossfloor_ops::conv2d(&x, w, bias, 1, w_pad)?,
                     None => x,
                 })
+            }
+        }
+    }
+}
+
+impl Conv2d {
+    /// Multiply-adds of [`Conv2d::forward`] on one `c`×`h`×`w` image (the k×k conv:
+    /// c_out·c_in·k² per output pixel, plus the resampling filter), and the output shape.
+    pub(crate) fn macs(&self, (c, h, w): (usize, usize, usize)) -> (u64, (usize, usize, usize)) {
+        let (c_out, k) = match &self.weight {
+            Some(wt) => (wt.dim(0).unwrap_or(0), self.kernel),
+            None => (c, 0),
+        };
+        let w_pad = self.kernel / 2;
+        let conv = |h: usize, w: usize, pad: usize| -> (u64, usize, usize) {
+            if k == 0 {
+                return (0, h, w);
+            }
+            let (ho, wo) = (conv_out(h, k, pad, 1), conv_out(w, k, pad, 1));
+            ((c_out * ho * wo * c * k * k) as u64, ho, wo)
+        };
+        match (&self.resample, self.sampling) {
+            (Some(r), Sampling::FusedDown) => {
+                let (m0, h1, w1) = conv(h, w, w_pad + r.pad());
+                let (m1, h2, w2) = r.down_macs(c_out, h1, w1, 0);
+                (m0 + m1, (c_out, h2, w2))
+            }
+            (Some(r), Sampling::Up) => {
+                let (m0, h1, w1) = r.up_macs(c, h, w, r.pad());
+                let (m1, h2, w2) = conv(h1, w1, w_pad);
+                (m0 + m1, (c_out, h2, w2))
+            }
+            (Some(r), _) => {
+                let (m0, h1, w1) = r.down_macs(c, h, w, r.pad());
+                let (m1, h2, w2) = conv(h1, w1, w_pad);
+                (m0 + m1, (c_out, h2, w2))
+            }
+            (None, _) => {
+                let (m, h1, w1) = conv(h, w, w_pad);
+                (m, (c_out, h1, w1))
             }
         }
     }
@@ -554,6 +644,24 @@ impl UNetBlock {
             adaptive_scale: opts.adaptive_scale,
             in_channels,
         })
+    }
+
+    /// Multiply-adds of [`UNetBlock::forward`] on one image of `shape` (convolutions, the
+    /// embedding's affine layer, attention's qkv/proj convs and its two matmuls), and the
+    /// output shape.
+    pub(crate) fn macs(&self, shape: (usize, usize, usize)) -> (u64, (usize, usize, usize)) {
+        let (m0, out) = self.conv0.macs(shape);
+        let (m1, _) = self.conv1.macs(out);
+        let ms = self.skip.as_ref().map_or(0, |s| s.macs(shape).0);
+        let mut total = m0 + self.affine.macs() + m1 + ms;
+        if let Some(attn) = &self.attn {
+            let (c, h, w) = out;
+            let l = h * w;
+            total += attn.qkv.macs(out).0 + attn.proj.macs(out).0;
+            // Per head, logits and weighted values: 2·L·L·(c/heads), over all heads.
+            total += (2 * l * l * c) as u64;
+        }
+        (total, out)
     }
 
     /// `drop`: the network's dropout source in training, `None` in evaluation.

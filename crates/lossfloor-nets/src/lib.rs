@@ -11,6 +11,7 @@ mod config;
 mod dhariwal_unet;
 pub mod dit;
 mod dropout;
+pub mod flops;
 mod init;
 mod layers;
 mod network;

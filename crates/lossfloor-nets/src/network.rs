@@ -43,6 +43,9 @@ pub trait Network {
     /// ids with the `Var`s they were created from, so `GradStore::get` works.
     fn parameters(&self) -> Vec<(String, Tensor)>;
 
+    /// Forward multiply-adds of one image (see [`crate::flops`] for what is counted).
+    fn forward_macs(&self) -> u64;
+
     /// Number of trainable scalars.
     fn num_parameters(&self) -> usize {
         element_count(&self.parameters())

@@ -353,6 +353,68 @@ impl SongUNet {
         crate::network::vars_named(varmap, &self.params)
     }
 
+    /// Multiply-adds of the forward pass of one image, walking the layers as
+    /// [`SongUNet::forward`] does with their shapes (what is counted: [`crate::flops`]). The
+    /// augmentation-label layer counts when the network has one (training passes labels).
+    pub fn forward_macs(&self) -> u64 {
+        let mut total = self.map_layer0.macs() + self.map_layer1.macs();
+        total += self.map_label.as_ref().map_or(0, |l| l.macs());
+        total += self.map_augment.as_ref().map_or(0, |l| l.macs());
+        let r = self.cfg.img_resolution;
+        let mut x = (self.cfg.in_channels, r, r);
+        let mut aux = x;
+        let mut skips: Vec<usize> = Vec::new();
+        for item in &self.enc {
+            match item {
+                EncItem::AuxDown(conv) | EncItem::AuxResidual(conv) => {
+                    let (m, s) = conv.macs(aux);
+                    total += m;
+                    aux = s;
+                }
+                EncItem::AuxSkip(conv) => total += conv.macs(aux).0,
+                EncItem::Conv(conv) => {
+                    let (m, s) = conv.macs(x);
+                    total += m;
+                    x = s;
+                    skips.push(x.0);
+                }
+                EncItem::Block(block) => {
+                    let (m, s) = block.macs(x);
+                    total += m;
+                    x = s;
+                    skips.push(x.0);
+                }
+            }
+        }
+        let (mut out, mut normed) = (None, None);
+        for item in &self.dec {
+            match item {
+                DecItem::AuxUp(conv) => {
+                    if let Some(a) = out {
+                        let (m, s) = conv.macs(a);
+                        total += m;
+                        out = Some(s);
+                    }
+                }
+                DecItem::AuxNorm(_) => normed = Some(x),
+                DecItem::AuxConv(conv) => {
+                    let (m, s) = conv.macs(normed.take().unwrap_or(x));
+                    total += m;
+                    out = Some(s);
+                }
+                DecItem::Block(block) => {
+                    if x.0 != block.in_channels {
+                        x.0 += skips.pop().unwrap_or(0);
+                    }
+                    let (m, s) = block.macs(x);
+                    total += m;
+                    x = s;
+                }
+            }
+        }
+        total
+    }
+
     /// Forward pass `F(x; noise_labels, class_labels, augment_labels)`.
     ///
     /// * `x`: `[N, in_channels, R, R]` (f32)
@@ -478,6 +540,10 @@ impl SongUNet {
 }
 
 impl Network for SongUNet {
+    fn forward_macs(&self) -> u64 {
+        SongUNet::forward_macs(self)
+    }
+
     fn forward(
         &self,
         x: &Tensor,

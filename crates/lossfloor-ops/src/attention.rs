@@ -16,6 +16,10 @@ use crate::storage::{contiguous, FromStorage};
 /// (Several heads are B = N·heads.)
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let c = q.dim(1)?;
+    // Two matmuls of B·L·L·C multiply-adds each: the logits and the weighted values.
+    if let (Ok((b, _, l)), Ok(lk)) = (q.dims3(), k.dim(2)) {
+        crate::macs::record_macs((2 * b * l * lk * c) as u64);
+    }
     let k = (k / (c as f64).sqrt())?;
     // logits[b, i, j] = Σ_c q[b,c,i] k[b,c,j]
     let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;

@@ -394,6 +394,9 @@ pub fn conv2d(
     } else {
         x.conv2d(w, padding, stride, 1, 1)?
     };
+    if let (Ok((n, c_out, h_out, w_out)), Ok((_, c_in, kh, kw))) = (y.dims4(), w.dims4()) {
+        crate::macs::record_macs((n * c_out * h_out * w_out * c_in * kh * kw) as u64);
+    }
     add_channel_bias(y, b)
 }
 

@@ -24,6 +24,7 @@ mod elem;
 mod group_norm;
 #[cfg(feature = "cuda")]
 mod group_norm_cuda;
+pub mod macs;
 pub mod optim;
 #[cfg(feature = "cuda")]
 mod optim_cuda;

@@ -22,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_core::Process;
 use lossfloor_data::Dataset;
 use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
+use lossfloor_nets::flops::training_macs;
 use lossfloor_nets::Network;
 use lossfloor_optimal::Curve;
 use rand::{Rng, RngCore, SeedableRng};
@@ -746,6 +747,9 @@ impl Trainer {
             "images_per_s": imgs / secs.max(1e-9),
             "sec_per_kimg": secs / (imgs / 1000.0).max(1e-9),
             "elapsed_s": total,
+            // Training compute so far: 3 × forward multiply-adds × images seen (one
+            // multiply-add counted as one FLOP, as in the DiT paper; lossfloor_nets::flops).
+            "train_flops": training_macs(self.net.forward_macs(), self.nimg),
             "schedule_probs": self.adaptive.as_ref().map(|a| a.state.probs.clone()),
             "bins": bin_rows,
         })
@@ -1055,6 +1059,11 @@ pub fn train_with_dataset(
     let config_text = cfg.to_toml()?;
     let mut t = Trainer::new(cfg, dataset, run_dir.to_path_buf())?;
     t.progress = progress;
+    eprintln!(
+        "network: {} parameters, {:.4} GFLOPs per image (forward multiply-adds)",
+        t.net.num_parameters(),
+        t.net.forward_macs() as f64 / 1e9
+    );
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
     for p in lossfloor_core::fs::remove_leftover_temporaries(run_dir)? {
