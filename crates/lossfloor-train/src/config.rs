@@ -1,6 +1,6 @@
 //! The training configuration: a TOML file with the sections `[data]`, `[network]`,
-//! `[precond]`, `[loss]`, `[schedule]`, `[optimizer]`, `[ema]`, `[train]`, `[sample]` and
-//! `[optimal_loss]` (every key is documented in `docs/config.md`).
+//! `[precond]`, `[loss]`, `[schedule]`, `[optimizer]`, `[ema]`, `[train]`, `[sample]`,
+//! `[optimal_loss]` and `[augment]` (every key is documented in `docs/config.md`).
 //!
 //! Unknown keys are rejected by name, `--set key.sub=value` overrides are applied to the
 //! parsed TOML before it is checked (values are parsed as TOML, falling back to a string),
@@ -16,6 +16,8 @@ use lossfloor_nets::{
     DhariwalUNet, DhariwalUNetConfig, DiT, DiTConfig, Network, SongUNet, SongUNetConfig,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::augment_step::AugmentConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +54,9 @@ pub struct Config {
     /// The unbiased per-σ̂ evaluation of the network against J* (`eval_gap`).
     #[serde(default)]
     pub eval: EvalConfig,
+    /// EDM's augmentation pipe on the clean training images (off by default).
+    #[serde(default)]
+    pub augment: AugmentConfig,
 }
 
 /// `[eval]`: the network's loss per σ̂ on a fixed query set, without dropout
@@ -773,6 +778,7 @@ impl Config {
                 net.output_channels()
             );
         }
+        self.augment.validate(&net)?;
         let t = &self.train;
         if t.batch == 0 {
             bail!("train.batch must be positive");

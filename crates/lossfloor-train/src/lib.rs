@@ -1,6 +1,7 @@
 //! # lossfloor-train: EDM-style training with the optimal-loss schedule
 //!
 //! - [`config`]: the TOML config, overrides, validation (`docs/config.md`);
+//! - [`augment_step`]: `[augment]`, EDM's augmentation pipe on each round's clean images;
 //! - [`adam`]: Adam with saveable state, learning-rate schedule, gradient clean-up;
 //! - [`ema`]: EDM's EMA with half-life ramp-up;
 //! - [`eval_gap`]: the evaluator: per-σ̂ loss on fixed queries without dropout, and its gap to J*;
@@ -12,6 +13,7 @@
 //! - [`run_train`]: the `lossfloor train` entry point.
 
 pub mod adam;
+pub mod augment_step;
 pub mod config;
 pub mod curve_match;
 pub mod effective_weight;

@@ -10,7 +10,8 @@
 //! draw of a round comes from a ChaCha8 stream keyed by (seed, step, round), and so do the
 //! network's dropout masks (its `DropoutRng` is reseeded before each forward pass). A run
 //! that is stopped at a training state and resumed therefore repeats exactly what the
-//! uninterrupted run would have done, bit for bit.
+//! uninterrupted run would have done, bit for bit. With `[augment] p > 0` the clean images
+//! of a round go through EDM's augmentation pipe first ([`crate::augment_step`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_augment::LABEL_DIM;
 use lossfloor_core::Process;
 use lossfloor_data::Dataset;
 use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
@@ -31,6 +33,7 @@ use rand_distr::StandardNormal;
 use serde_json::json;
 
 use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam};
+use crate::augment_step::augment_round;
 use crate::config::{
     Config, CurveEstimateConfig, EmaKind, GapSource, LossWeight, NetworkConfig, ScheduleKind,
 };
@@ -45,6 +48,8 @@ use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, 
 const STREAM_PERM: u64 = 1;
 const STREAM_NOISE: u64 = 2;
 const STREAM_DROPOUT: u64 = 3;
+/// Keyed by (seed, step, image position in the step's batch): see [`crate::augment_step`].
+pub(crate) const STREAM_AUGMENT: u64 = 4;
 
 /// A ChaCha8 stream keyed by (seed, a, b, stream).
 pub fn stream_rng(seed: u64, a: u64, b: u64, stream: u64) -> ChaCha8Rng {
@@ -380,6 +385,16 @@ impl Trainer {
                 labels[i * label_dim + l] = 1.0;
             }
         }
+        // EDM augments the clean images: the noise goes onto them and they are the target.
+        let image_shape = [n, shape.channels, shape.height, shape.width];
+        let augment_labels = augment_round(
+            &self.cfg.augment,
+            self.cfg.train.seed,
+            self.step,
+            round * n,
+            &mut x,
+            image_shape,
+        )?;
         let mut rng = stream_rng(self.cfg.train.seed, self.step, round as u64, STREAM_NOISE);
         let mut y = vec![0f32; n * dim];
         let mut sigmas = Vec::with_capacity(n);
@@ -409,6 +424,9 @@ impl Trainer {
         } else {
             None
         };
+        let augment_labels = augment_labels
+            .map(|l| Tensor::from_vec(l, (n, LABEL_DIM), dev))
+            .transpose()?;
         let noise = Tensor::from_vec(c_noise, n, dev)?;
         // Dropout masks from their own stream of (seed, step, round): reproducible, and
         // the same after a resume.
@@ -419,7 +437,7 @@ impl Trainer {
             &y_t.broadcast_mul(&col(c_in)?)?,
             &noise,
             class.as_ref(),
-            None,
+            augment_labels.as_ref(),
             true,
         )?;
         let out_c = self.net_cfg.output_channels();
@@ -460,6 +478,13 @@ impl Trainer {
                 sq,
             },
         ))
+    }
+
+    /// The gradients of round `round` of the current step (`batch_gpu` images), by parameter
+    /// name, without updating anything: for tests and diagnostics of what each layer learns.
+    pub fn round_gradients(&mut self, round: usize) -> Result<Vec<(String, Tensor)>> {
+        let (grads, _) = self.round(round, self.cfg.train.round_batch())?;
+        Ok(self.names.iter().cloned().zip(grads).collect())
     }
 
     /// One optimizer step (all rounds); returns per-image stats and the gradient norm.

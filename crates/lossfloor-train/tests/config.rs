@@ -55,6 +55,19 @@ fn every_shipped_config_parses_and_builds() {
             .effective_network()
             .build(&varmap, &Device::Cpu, 0)
             .unwrap();
+        // GPU recipes split their batch for an 80 GB GPU (docs/config.md, `batch_gpu`)
+        if cfg.train.device.starts_with("cuda") {
+            assert!(
+                cfg.train.batch_gpu.is_some_and(|bg| bg < cfg.train.batch),
+                "{}: no batch_gpu below batch",
+                p.display()
+            );
+        }
+        // EDM's CIFAR-10 recipes augment with p = 0.12 (train.py's default --augment)
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("cifar10-") {
+            assert_eq!(cfg.augment.p, 0.12, "{name}");
+        }
         let params = net.num_parameters();
         eprintln!("{}: {} parameters", p.display(), params);
         assert!(params > 100_000, "{}", p.display());

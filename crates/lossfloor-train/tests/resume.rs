@@ -9,7 +9,21 @@ use lossfloor_train::state::{latest_state, load_state};
 use lossfloor_train::{train_with_dataset, Resume, Trainer};
 
 fn config(curve: &Path, duration_kimg: f64) -> Config {
-    let text = format!(
+    Config::parse(&config_text(curve, duration_kimg), &[]).unwrap()
+}
+
+/// [`config`] with EDM's augmentation pipe at p = 0.5 and the network's 9 label inputs.
+fn augmented_config(curve: &Path, duration_kimg: f64) -> Config {
+    let text = config_text(curve, duration_kimg)
+        .replace("out_channels = 1\n", "out_channels = 1\naugment_dim = 9\n")
+        + "[augment]\np = 0.5\n";
+    let cfg = Config::parse(&text, &[]).unwrap();
+    assert!(cfg.augment.enabled());
+    cfg
+}
+
+fn config_text(curve: &Path, duration_kimg: f64) -> String {
+    format!(
         r#"
 [data]
 spec = "npy:unused.npy"
@@ -49,8 +63,7 @@ every_ticks = 2
 curve = "{}"
 "#,
         curve.display()
-    );
-    Config::parse(&text, &[]).unwrap()
+    )
 }
 
 fn bits(t: &candle_core::Tensor) -> Vec<u32> {
@@ -268,4 +281,64 @@ fn post_hoc_profiles_resume_bitwise() {
             assert_eq!(bits(x), bits(y), "profile {k}: {}", names[i]);
         }
     }
+}
+
+#[test]
+fn resumed_runs_with_augmentation_equal_uninterrupted_run_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let curve = dir.path().join("curve.json");
+    let mut toy = common::toy_curve();
+    toy.dataset.n = 10;
+    toy.save(&curve).unwrap();
+    let steps = 4u64;
+    let kimg = |s: u64| (s * 4) as f64 / 1000.0;
+    let data = common::tiny_dataset(10);
+
+    let full = dir.path().join("full");
+    let cfg = augmented_config(&curve, kimg(steps));
+    train_with_dataset(cfg, data.clone(), &full, &Resume::No, false).unwrap();
+    let names = Trainer::new(augmented_config(&curve, 1.0), data.clone(), full.clone())
+        .unwrap()
+        .names()
+        .to_vec();
+    assert!(names.iter().any(|n| n.contains("map_augment")));
+    let (ref_t, _) = load_state(
+        &latest_state(&full).unwrap().unwrap(),
+        &names,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+
+    let part = dir.path().join("part");
+    let cfg = augmented_config(&curve, kimg(2));
+    train_with_dataset(cfg, data.clone(), &part, &Resume::No, false).unwrap();
+    let cfg = augmented_config(&curve, kimg(steps));
+    train_with_dataset(cfg, data.clone(), &part, &Resume::Auto, false).unwrap();
+    let (t, meta) = load_state(
+        &latest_state(&part).unwrap().unwrap(),
+        &names,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(meta.step, steps);
+    for (what, a, b) in [
+        ("net", &t.net, &ref_t.net),
+        ("ema", &t.ema, &ref_t.ema),
+        ("adam_m", &t.adam_m, &ref_t.adam_m),
+        ("adam_v", &t.adam_v, &ref_t.adam_v),
+    ] {
+        for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+            assert_eq!(bits(x), bits(y), "{what} {}", names[i]);
+        }
+    }
+    // map_augment learned something: its Adam moment is not zero
+    let i = names
+        .iter()
+        .position(|n| n.contains("map_augment"))
+        .unwrap();
+    assert!(bits(&ref_t.adam_m[i])
+        .iter()
+        .any(|&b| f32::from_bits(b) != 0.0));
 }
