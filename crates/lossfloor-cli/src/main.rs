@@ -9,6 +9,7 @@ mod fid_cmd;
 mod phema_cmd;
 mod plot;
 mod sample;
+mod scaling_cmd;
 mod sigmas;
 mod study;
 mod study_report;
@@ -51,6 +52,7 @@ enum Command {
     Weights(weights_cmd::WeightsArgs),
     Augment(augment_cmd::AugmentArgs),
     Phema(phema_cmd::PhemaArgs),
+    Scaling(scaling_cmd::ScalingArgs),
 }
 
 /// Opens the device of a `--device` flag; the error names the flag and the accepted values.
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Weights(args) => weights_cmd::run(args),
         Command::Augment(args) => augment_cmd::run(args),
         Command::Phema(args) => phema_cmd::run(args),
+        Command::Scaling(args) => scaling_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -158,6 +158,16 @@ impl NetworkConfig {
         })
     }
 
+    /// The network as checkpoints describe it.
+    pub fn spec(&self) -> lossfloor_nets::checkpoint::NetworkSpec {
+        use lossfloor_nets::checkpoint::NetworkSpec;
+        match self {
+            NetworkConfig::SongUNet(c) => NetworkSpec::SongUNet(c.clone()),
+            NetworkConfig::Dhariwal(c) => NetworkSpec::Dhariwal(c.clone()),
+            NetworkConfig::DiT(c) => NetworkSpec::DiT(c.clone()),
+        }
+    }
+
     /// (channels, resolution) of the network input.
     pub fn input_shape(&self) -> (usize, usize) {
         match self {

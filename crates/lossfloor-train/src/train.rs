@@ -631,11 +631,7 @@ impl Trainer {
 
     /// The network's architecture as checkpoints describe it.
     fn network_spec(&self) -> NetworkSpec {
-        match &self.net_cfg {
-            NetworkConfig::SongUNet(c) => NetworkSpec::SongUNet(c.clone()),
-            NetworkConfig::Dhariwal(c) => NetworkSpec::Dhariwal(c.clone()),
-            NetworkConfig::DiT(c) => NetworkSpec::DiT(c.clone()),
-        }
+        self.net_cfg.spec()
     }
 
     /// The preconditioning as checkpoints describe it.
