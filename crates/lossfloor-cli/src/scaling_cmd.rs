@@ -77,12 +77,23 @@ struct Series {
     runs: Vec<RunSeries>,
 }
 
+/// One line of a run's eval.jsonl.
+struct Evaluation {
+    kimg: f64,
+    /// The σ̂ grid (the curve's).
+    sigma: Vec<f64>,
+    /// J* on the grid.
+    jstar: Vec<f64>,
+    /// The chosen network's loss on the grid.
+    loss: Vec<f64>,
+}
+
 /// A run as read from its directory.
 struct Run {
     name: String,
     forward_macs: u64,
-    /// Per evaluation: (kimg, σ̂ grid, J* on it, the chosen network's losses).
-    evals: Vec<(f64, Vec<f64>, Vec<f64>, Vec<f64>)>,
+    /// The evaluations, in order.
+    evals: Vec<Evaluation>,
     /// Per tick: (kimg, training loss).
     ticks: Vec<(f64, f64)>,
     config: Config,
@@ -184,7 +195,12 @@ fn read_run(dir: &Path, which: Which) -> Result<Run> {
                 k + 1
             );
         };
-        evals.push((kimg, sigma, jstar, loss));
+        evals.push(Evaluation {
+            kimg,
+            sigma,
+            jstar,
+            loss,
+        });
     }
     let ticks = read_jsonl(&dir.join(lossfloor_train::train::STATS_FILE))?
         .into_iter()
@@ -228,11 +244,11 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
     let mut out = Vec::new();
     let with_evals: Vec<&Run> = runs.iter().filter(|r| !r.evals.is_empty()).collect();
     if let Some(first) = with_evals.first() {
-        let grid = &first.evals[0].1;
+        let grid = &first.evals[0].sigma;
         for r in &with_evals {
             if r.evals.iter().any(|e| {
-                e.1.len() != grid.len()
-                    || e.1
+                e.sigma.len() != grid.len()
+                    || e.sigma
                         .iter()
                         .zip(grid)
                         .any(|(a, b)| (a / b - 1.0).abs() > 1e-9)
@@ -244,7 +260,7 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
                 );
             }
         }
-        let jstar = &first.evals[0].2;
+        let jstar = &first.evals[0].jstar;
         let sigma_star = lossfloor_optimal_sigma_star(grid, jstar);
         let wanted: Vec<f64> = if args.sigmas.is_empty() {
             [0.25, 1.0, 4.0, 16.0]
@@ -281,8 +297,8 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
                             .evals
                             .iter()
                             .map(|e| Point {
-                                flops: flops(r, e.0),
-                                loss: e.3[i],
+                                flops: flops(r, e.kimg),
+                                loss: e.loss[i],
                             })
                             .collect(),
                     })
