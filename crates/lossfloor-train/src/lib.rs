@@ -5,6 +5,7 @@
 //! - [`ema`]: EDM's EMA with half-life ramp-up;
 //! - [`eval_gap`]: the evaluator: per-σ̂ loss on fixed queries without dropout, and its gap to J*;
 //! - [`curve_match`]: a curve must describe the training data;
+//! - [`floor_mix`]: the floor of a labelled run (conditional curve, label-dropout mixture);
 //! - [`effective_weight`]: q(ln σ̂)·w(σ̂), the weight a recipe gives each noise level;
 //! - [`schedule`]: the optimal-loss weight w(σ̂) and adaptive p(σ̂), per-σ̂ bin stats;
 //! - [`state`]: atomic safetensors training states;
@@ -17,6 +18,7 @@ pub mod curve_match;
 pub mod effective_weight;
 pub mod ema;
 pub mod eval_gap;
+pub mod floor_mix;
 pub mod schedule;
 pub mod state;
 pub mod train;
