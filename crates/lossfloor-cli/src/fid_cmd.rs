@@ -339,6 +339,7 @@ fn run_calc(a: CalcArgs) -> Result<()> {
                 batch: a.sample_batch,
                 latents: None,
                 device: &device,
+                guidance: a.sampler.guidance,
             };
             let stats = generated_stats(&job, &net)?;
             (stats, ckpt.display().to_string(), Some(sha256_file(ckpt)?))

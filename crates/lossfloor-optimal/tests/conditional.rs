@@ -127,6 +127,11 @@ fn conditional_exact_matches_float64_brute_force() {
         // of the squared norms (≈ the data variance), so the error is bounded by 1e-6 of the
         // value plus 2e-6 of the variance (J* itself is ~0 at tiny σ̂).
         let tol = 1e-6 * want.abs() + 2e-6 * var;
+        eprintln!(
+            "σ̂={s}: conditional {:.6e}, brute force {want:.6e}, |diff| {:.1e} (tol {tol:.1e})",
+            p.loss,
+            (p.loss - want).abs()
+        );
         assert!(
             (p.loss - want).abs() <= tol,
             "σ̂={s}: got {} want {want} (tol {tol})",
