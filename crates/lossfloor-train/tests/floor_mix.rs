@@ -39,8 +39,10 @@ fn brute_force_task(prior: &[Vec<f64>], tokens: usize, sigma: f64) -> f64 {
     integrate(sigma, |y| {
         let mut loss = 0.0;
         for t in 0..tokens {
-            let w: Vec<f64> = (0..XS.len())
-                .map(|n| prior[n][t] * normal(y, XS[n], sigma))
+            let w: Vec<f64> = prior
+                .iter()
+                .zip(XS)
+                .map(|(row, x)| row[t] * normal(y, x, sigma))
                 .collect();
             let z: f64 = w.iter().sum();
             if z == 0.0 {
