@@ -347,6 +347,7 @@ fn training_steps_agree() {
             dim: 64,
             xflip: false,
             limit: None,
+            conditional: false,
         },
         method: "exact".into(),
         params: Default::default(),

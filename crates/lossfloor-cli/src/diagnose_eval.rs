@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use lossfloor_optimal::Curve;
 use lossfloor_sampler::net_denoiser::loaded_denoiser;
 use lossfloor_train::config::Config;
 use lossfloor_train::eval_gap::{evaluate, RunEvaluator};
@@ -20,23 +19,9 @@ pub fn run(run_dir: &Path, snapshot: &Path) -> Result<()> {
     let loaded = crate::sample::load_checkpoint(snapshot, None, &device)?;
     crate::sample::print_network(&loaded);
     let data = load_dataset(&cfg)?;
-    let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
-        (Some(p), _) => Some(Curve::load(p)?),
-        (None, Some(_)) => Some(Curve::load(
-            &run_dir.join(lossfloor_train::train::ESTIMATED_CURVE_FILE),
-        )?),
-        _ => None,
-    };
-    if let Some(c) = &curve {
-        let path = cfg.optimal_loss.curve.clone().unwrap_or_default();
-        lossfloor_train::curve_match::check_curve_matches(
-            c,
-            &path,
-            &cfg.data,
-            &data,
-            cfg.optimal_loss.allow_mismatch,
-        )?;
-    }
+    // The run's floor (its curve, or the label-dropout mixture of a labelled run), checked
+    // against the data.
+    let curve = lossfloor_train::floor_mix::load_floor(&cfg, run_dir, Some(&data))?;
     // The held-out split is read here even when the run does not log evaluations.
     let mut eval_cfg = cfg.eval.clone();
     eval_cfg.ticks = eval_cfg.ticks.max(1);

@@ -8,7 +8,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_core::fs::StagedOutputs;
 use lossfloor_data::{load, DataSpec};
-use lossfloor_optimal::{estimate_on, write_atomic, EstimateParams, Method};
+use lossfloor_optimal::{
+    conditional_query_total, estimate_conditional_on, estimate_on, write_atomic, EstimateParams,
+    Method, PerClassCurves,
+};
 
 use crate::plot::{check_font, plot_curves};
 use crate::sigmas::parse_sigmas;
@@ -64,6 +67,15 @@ pub struct EstimateArgs {
     /// Use only the first N images of the dataset
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// Class-conditional floor E_c J*(σ|c): each query's posterior runs over the images of its
+    /// source's class only; classes weighted by frequency N_c/N, queries stratified by class
+    /// (max(2, ⌈M·N_c/N⌉) each). Needs a dataset with labels.
+    #[arg(long)]
+    conditional: bool,
+    /// With --conditional: also write each class's curve J*(σ|c) (JSON: classes[] of label,
+    /// images, weight, curve)
+    #[arg(long, value_name = "FILE", requires = "conditional")]
+    per_class: Option<PathBuf>,
     /// Output curve file (JSON)
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -160,6 +172,9 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         check_output_path(p, "--plot")?;
         check_font()?;
     }
+    if let Some(p) = &args.per_class {
+        check_output_path(p, "--per-class")?;
+    }
     check_queries_memory(method, args.queries, sigmas.len())?;
     if let Some(t) = args.threads {
         check_threads(t)?;
@@ -198,10 +213,16 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         seed: args.seed,
     };
     params.resolve(data.len(), &sigmas)?;
-    let total = if method == Method::Gaussian {
-        1
+    let labels = if args.conditional {
+        Some(row_labels(&data, &spec)?)
     } else {
-        args.queries as u64
+        None
+    };
+    let total = match (&labels, method) {
+        (Some(l), Method::Gaussian) => lossfloor_optimal::class_rows(l).len() as u64,
+        (_, Method::Gaussian) => 1,
+        (Some(l), _) => conditional_query_total(l, args.queries) as u64,
+        (None, _) => args.queries as u64,
     };
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template(
@@ -212,9 +233,32 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     );
     bar.set_message(format!("{method} × {} σ", sigmas.len()));
     let t1 = Instant::now();
-    let mut curve = estimate_on(&device, &data, &spec.to_string(), &sigmas, &params, &|k| {
-        bar.inc(k as u64)
-    })?;
+    let progress = |k: usize| bar.inc(k as u64);
+    let (mut curve, per_class) = match &labels {
+        Some(labels) => {
+            let (curve, per_class) = estimate_conditional_on(
+                &device,
+                &data,
+                labels,
+                &spec.to_string(),
+                &sigmas,
+                &params,
+                &progress,
+            )?;
+            (curve, Some(per_class))
+        }
+        None => (
+            estimate_on(
+                &device,
+                &data,
+                &spec.to_string(),
+                &sigmas,
+                &params,
+                &progress,
+            )?,
+            None,
+        ),
+    };
     // What a trainer checks the curve against (lossfloor_train::curve_match).
     curve.dataset.xflip = args.xflip;
     curve.dataset.limit = args.limit;
@@ -235,6 +279,16 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         write_atomic(&staged.stage(p), curve.to_csv().as_bytes())
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
+    if let (Some(p), Some(classes)) = (&args.per_class, per_class) {
+        let mut file = PerClassCurves { classes };
+        for c in &mut file.classes {
+            c.curve.dataset.xflip = args.xflip;
+            c.curve.dataset.limit = args.limit;
+        }
+        let text = serde_json::to_string_pretty(&file)?;
+        write_atomic(&staged.stage(p), text.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
     if let Some(p) = &args.plot {
         plot_curves(&[&curve], &staged.stage(p))
             .with_context(|| format!("--plot {}", p.display()))?;
@@ -244,6 +298,20 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         .context("cannot move the outputs into place")?;
     print_table(&curve);
     Ok(())
+}
+
+/// The label of every row (x-flipped copies share their image's label), or a clear error
+/// when the dataset has none.
+fn row_labels(data: &lossfloor_data::Dataset, spec: &DataSpec) -> Result<Vec<u32>> {
+    if data.labels().is_none() {
+        bail!(
+            "--conditional: the dataset {spec} has no class labels; the class-conditional floor \
+             needs one label per image (cifar10, fashion-mnist, imagenet64, or edm with labels in dataset.json)"
+        );
+    }
+    Ok((0..data.len())
+        .map(|i| data.label(i).expect("labels present"))
+        .collect())
 }
 
 /// Prints the curve as a table, with σ* and the data variance.
@@ -257,6 +325,9 @@ pub fn print_table(curve: &lossfloor_optimal::Curve) {
             "{:>12.5} {:>14.6e} {:>12.3e} {:>8}",
             p.sigma, p.loss, p.stderr, p.queries
         );
+    }
+    if curve.dataset.conditional {
+        println!("class-conditional floor E_c J*(σ|c), classes weighted by frequency");
     }
     if let Some(v) = curve.data_variance {
         println!("data variance per dimension (J* as σ → ∞): {v:.6}");

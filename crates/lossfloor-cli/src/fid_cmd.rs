@@ -37,7 +37,7 @@ enum FidCommand {
     /// Reference statistics of a whole dataset (e.g. CIFAR-10's 50k training images)
     Ref(RefArgs),
     /// FID of a set of images against reference statistics
-    Calc(CalcArgs),
+    Calc(Box<CalcArgs>),
 }
 
 #[derive(Args)]
@@ -127,7 +127,7 @@ struct CalcArgs {
 pub fn run(args: FidArgs) -> Result<()> {
     match args.command {
         FidCommand::Ref(a) => run_ref(a),
-        FidCommand::Calc(a) => run_calc(a),
+        FidCommand::Calc(a) => run_calc(*a),
     }
 }
 
@@ -301,6 +301,9 @@ fn run_calc(a: CalcArgs) -> Result<()> {
         bail!("--num must be at least 2 (the covariance needs two images)");
     }
     let sampler_cfg = a.sampler.heun_config()?;
+    if a.images.is_some() && a.sampler.guidance.is_some() {
+        bail!("--guidance applies to images generated from --checkpoint, not to --images");
+    }
     if a.sample_batch == 0 {
         bail!("--sample-batch must be at least 1");
     }
@@ -339,6 +342,7 @@ fn run_calc(a: CalcArgs) -> Result<()> {
                 batch: a.sample_batch,
                 latents: None,
                 device: &device,
+                guidance: a.sampler.guidance,
             };
             let stats = generated_stats(&job, &net)?;
             (stats, ckpt.display().to_string(), Some(sha256_file(ckpt)?))

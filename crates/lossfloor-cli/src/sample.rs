@@ -12,8 +12,9 @@ use lossfloor_core::fs::StagedOutputs;
 use lossfloor_nets::checkpoint::{load_network, load_network_with_config, LoadedNetwork};
 use lossfloor_sampler::net_denoiser::loaded_denoiser;
 use lossfloor_sampler::{
-    image_path, latents_from_npy, one_hot, parse_seeds, random_class, sample, save_grid_png,
-    save_npy_f32, save_png, to_uint8, HeunConfig, SeedRng, Solver,
+    check_guidance, image_path, latents_from_npy, one_hot, parse_seeds, random_class, sample,
+    save_grid_png, save_npy_f32, save_png, to_uint8, Denoiser, GuidedDenoiser, HeunConfig, SeedRng,
+    Solver,
 };
 
 /// ODE solver of the sampler.
@@ -76,6 +77,11 @@ pub struct SamplerOpts {
     /// ODE solver
     #[arg(long, value_enum, default_value = "heun")]
     pub solver: SolverArg,
+    /// Classifier-free guidance weight W: D = D_uncond + W·(D_cond − D_uncond), both halves in
+    /// one batched pass (unconditional = zeroed label, DiT's null class). 1 = plain
+    /// conditional sampling. Needs a class-conditional network trained with label dropout.
+    #[arg(long, value_name = "W", allow_hyphen_values = true)]
+    pub guidance: Option<f64>,
 }
 
 impl SamplerOpts {
@@ -336,6 +342,8 @@ pub struct SamplingJob<'a> {
     /// Given latents `[N, C, H, W]` instead of the seeds' own.
     pub latents: Option<&'a Tensor>,
     pub device: &'a Device,
+    /// Classifier-free guidance weight W (`--guidance`), if any.
+    pub guidance: Option<f64>,
 }
 
 /// Draws the images of `seeds` in batches of `batch` and hands each batch (float32
@@ -354,11 +362,21 @@ pub fn generate(
         batch,
         latents,
         device,
+        guidance,
     } = *job;
     let spec = &loaded.spec;
     let (c, r, label_dim) = (spec.img_channels(), spec.img_resolution(), spec.label_dim());
     let n = seeds.len();
-    let denoiser = loaded_denoiser(loaded)?;
+    let base = loaded_denoiser(loaded)?;
+    let guided;
+    let denoiser: &dyn Denoiser = match guidance {
+        Some(w) => {
+            check_guidance(spec, w)?;
+            guided = GuidedDenoiser::new(&base, w);
+            &guided
+        }
+        None => &base,
+    };
     eprintln!(
         "sampling {n} images, {} steps ({} network evaluations each), batch {batch}",
         cfg.num_steps,
@@ -384,7 +402,7 @@ pub fn generate(
             Some(l) => Some(one_hot(&l[start..end], label_dim, device)?),
             None => None,
         };
-        let x = sample(&denoiser, &latents, class.as_ref(), cfg, &mut |s| {
+        let x = sample(denoiser, &latents, class.as_ref(), cfg, &mut |s| {
             rng.randn_like(s, device)
         })
         .with_context(|| format!("sampling seeds {}..={}", seeds[start], seeds[end - 1]))?;
@@ -475,6 +493,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         batch: args.batch,
         latents: latents_file.as_ref(),
         device: &device,
+        guidance: args.sampler.guidance,
     };
     generate(&job, &mut |_, x| {
         pixels.push(to_uint8(&x)?);

@@ -482,6 +482,7 @@ fn snapshot_fid(
         batch: spec.fid.batch,
         latents: None,
         device: &device,
+        guidance: None,
     };
     let stats = crate::fid_cmd::generated_stats(&job, detector)?;
     Ok(stats.stats().frechet_distance(reference)?)

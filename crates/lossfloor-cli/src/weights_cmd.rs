@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use lossfloor_optimal::Curve;
 use lossfloor_train::config::{Config, LossWeight, ScheduleKind};
 use lossfloor_train::effective_weight::{floor_share, ln_grid, mass_between, Recipe};
 use lossfloor_train::schedule::{AdaptiveSchedule, OptimalWeight};
@@ -56,13 +55,9 @@ fn last_probs(run: &Path) -> Result<Option<Vec<f64>>> {
 fn run_weights(run: &Path, grid: &[f64]) -> Result<RunWeights> {
     let cfg = Config::load(&run.join("config.toml"), &[])?;
     let process = cfg.precond.build()?;
-    let curve_path = cfg
-        .optimal_loss
-        .curve
-        .clone()
-        .unwrap_or_else(|| run.join(lossfloor_train::train::ESTIMATED_CURVE_FILE));
-    let curve =
-        Curve::load(&curve_path).with_context(|| format!("{}: the run's curve", run.display()))?;
+    let curve = lossfloor_train::floor_mix::load_floor(&cfg, run, None)
+        .with_context(|| format!("{}: the run's curve", run.display()))?
+        .ok_or_else(|| anyhow::anyhow!("{}: the run has no optimal-loss curve", run.display()))?;
     let sigma_star = curve.sigma_star(0.01).unwrap_or(curve.points[0].sigma);
     let weight = OptimalWeight::new(&cfg.schedule, curve.clone())?;
     let mut schedule = AdaptiveSchedule::new(&cfg.schedule, weight.clone());

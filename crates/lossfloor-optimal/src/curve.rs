@@ -21,6 +21,10 @@ pub struct DatasetInfo {
     /// The first `limit` images of the spec only (`--limit`), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Whether this is the class-conditional floor E_c J*(σ̂ | c) (`--conditional`); files
+    /// without the field are unconditional.
+    #[serde(default)]
+    pub conditional: bool,
 }
 
 impl DatasetInfo {

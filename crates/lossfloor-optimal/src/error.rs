@@ -35,4 +35,12 @@ pub enum EstimateError {
     Device(String),
     #[error("covariance eigendecomposition failed: {0}")]
     Eigen(String),
+    #[error("--conditional: class {label} has {n_c} image(s), too few for --method {method} (it needs a subset of at least 2 other rows); use --method exact or cdol")]
+    ClassTooSmall {
+        label: u32,
+        n_c: usize,
+        method: Method,
+    },
+    #[error("--conditional: {labels} labels for {rows} rows; expected one label per row")]
+    LabelCount { labels: usize, rows: usize },
 }

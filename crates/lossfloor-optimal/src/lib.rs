@@ -10,6 +10,7 @@
 //! like EDM's `Loss/loss`) with a Monte-Carlo standard error. See `docs/optimal-loss.md`.
 
 mod chunk_softmax;
+mod conditional;
 mod curve;
 mod device_exact;
 mod draws;
@@ -24,6 +25,10 @@ mod source;
 mod stats;
 mod subset;
 
+pub use conditional::{
+    class_query_count, class_rows, class_seed, class_weighted_floor, conditional_query_total,
+    estimate_conditional_on, ClassCurve, PerClassCurves,
+};
 pub use curve::{Curve, CurveError, CurvePoint, DatasetInfo};
 pub use device_exact::{
     estimate_exact_on_device, estimate_exact_on_device_tiled, DEVICE_QUERY_TILE,
@@ -163,6 +168,7 @@ pub fn estimate_on(
             dim: data.row_dim(),
             xflip: false,
             limit: None,
+            conditional: false,
         },
         method: params.method.name().to_string(),
         params: meta,

@@ -348,6 +348,7 @@ fn curve_interpolation_and_sigma_star() {
             dim: 1,
             xflip: false,
             limit: None,
+            conditional: false,
         },
         method: "exact".into(),
         params: Default::default(),

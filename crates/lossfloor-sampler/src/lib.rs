@@ -4,6 +4,8 @@
 //!   [`PrecondDenoiser`] builds one from a raw network F and a process's preconditioning.
 //! - [`sample`]: EDM's Algorithm 2 (`edm_sampler` of `generate.py`), deterministic or
 //!   stochastic (S_churn), Heun or Euler, on the time steps of [`edm_time_steps`].
+//! - [`GuidedDenoiser`]: classifier-free guidance D_uncond + W·(D_cond − D_uncond), one
+//!   batched network pass ([`guidance`]).
 //! - [`SeedRng`]: one ChaCha8 stream per image seed (EDM's `StackedRandomGenerator`)
 //!   for latents and churn noise; [`random_class`], [`one_hot`], [`parse_seeds`].
 //! - I/O: [`latents_from_npy`], [`save_npy_f32`], [`to_uint8`], [`save_png`],
@@ -31,6 +33,7 @@
 
 pub mod denoiser;
 pub mod error;
+pub mod guidance;
 pub mod io;
 pub mod net_denoiser;
 pub mod sampler;
@@ -38,6 +41,7 @@ pub mod seeds;
 
 pub use denoiser::{Denoiser, PrecondDenoiser};
 pub use error::{Result, SamplerError};
+pub use guidance::{check_guidance, guided_output, GuidedDenoiser};
 pub use io::{
     image_path, latents_from_npy, save_grid_png, save_npy_f32, save_png, to_uint8, write_atomic,
 };

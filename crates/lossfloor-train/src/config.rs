@@ -615,6 +615,10 @@ pub struct SampleConfig {
     /// A grid every this many ticks; 0 = off.
     #[serde(default)]
     pub every_ticks: u64,
+    /// Classifier-free guidance weight W of the grids (class-conditional networks trained
+    /// with label dropout; see `lossfloor sample --guidance`). None = plain sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
 }
 fn d_seeds() -> String {
     "0-63".into()
@@ -628,6 +632,7 @@ impl Default for SampleConfig {
             seeds: d_seeds(),
             steps: d_steps(),
             every_ticks: 0,
+            guidance: None,
         }
     }
 }
@@ -643,6 +648,11 @@ pub struct OptimalLossConfig {
     /// (`[optimal_loss.estimate]`), into `RUN_DIR/optimal-loss-curve.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate: Option<CurveEstimateConfig>,
+    /// The unconditional curve of the training data, for a class-conditional network with
+    /// label dropout 0 < p (then `curve` is the conditional one and the floor their mixture;
+    /// see `floor_mix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconditional_curve: Option<PathBuf>,
     /// Accept a curve whose recorded data (spec, rows, dimension, x-flip, limit) differs
     /// from the training data's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -885,6 +895,8 @@ impl Config {
                  [optimal_loss.estimate] (a curve computed at start)"
             );
         }
+        crate::floor_mix::check_floor_keys(self)?;
+        crate::floor_mix::check_sample_guidance(self)?;
         if let Some(e) = &ol.estimate {
             if ol.curve.is_some() {
                 bail!("optimal_loss: set either curve or [optimal_loss.estimate], not both");

@@ -133,6 +133,7 @@ mod tests {
                 dim,
                 xflip: false,
                 limit: None,
+                conditional: false,
             },
             method: "exact".into(),
             params: Default::default(),

@@ -37,7 +37,6 @@ use crate::augment_step::augment_round;
 use crate::config::{
     Config, CurveEstimateConfig, EmaKind, GapSource, LossWeight, NetworkConfig, ScheduleKind,
 };
-use crate::curve_match::check_curve_matches;
 use crate::ema::{ema_beta, Ema};
 use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
 use crate::posthoc_ema::{profile_snapshot_path, PowerProfiles};
@@ -168,25 +167,8 @@ impl Trainer {
             _ => None,
         };
         let process = cfg.precond.build()?;
-        let curve = match (&cfg.optimal_loss.curve, &cfg.optimal_loss.estimate) {
-            (Some(p), _) => {
-                let c = Curve::load(p)?;
-                check_curve_matches(&c, p, &cfg.data, &dataset, cfg.optimal_loss.allow_mismatch)?;
-                Some(c)
-            }
-            (None, Some(e)) => {
-                let c = estimated_curve(e, &cfg.data, &dataset, &run_dir, &device)?;
-                check_curve_matches(
-                    &c,
-                    &run_dir.join(ESTIMATED_CURVE_FILE),
-                    &cfg.data,
-                    &dataset,
-                    cfg.optimal_loss.allow_mismatch,
-                )?;
-                Some(c)
-            }
-            (None, None) => None,
-        };
+        // The floor: the curve, or for a labelled run the label-dropout mixture (floor_mix).
+        let curve = crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?;
         let evaluator = RunEvaluator::new(
             curve.as_ref(),
             &cfg.eval,
@@ -695,7 +677,8 @@ impl Trainer {
     pub fn save_samples(&self) -> Result<PathBuf> {
         use lossfloor_sampler::net_denoiser::network_denoiser;
         use lossfloor_sampler::{
-            one_hot, parse_seeds, sample, save_grid_png, to_uint8, HeunConfig, SeedRng,
+            one_hot, parse_seeds, sample, save_grid_png, to_uint8, Denoiser, GuidedDenoiser,
+            HeunConfig, SeedRng,
         };
         let seeds = parse_seeds(&self.cfg.sample.seeds)?;
         let (c, r) = self.net_cfg.input_shape();
@@ -716,7 +699,17 @@ impl Trainer {
             num_steps: self.cfg.sample.steps,
             ..HeunConfig::default()
         };
-        let x = sample(&den, &latents, labels.as_ref(), &hc, &mut |s| {
+        // `[sample] guidance`: classifier-free guidance (checked against the network at load).
+        let guided = self
+            .cfg
+            .sample
+            .guidance
+            .map(|w| GuidedDenoiser::new(&den, w));
+        let den: &dyn Denoiser = match &guided {
+            Some(g) => g,
+            None => &den,
+        };
+        let x = sample(den, &latents, labels.as_ref(), &hc, &mut |s| {
             rng.randn_like(s, dev)
         })?;
         let path = self.run_dir.join(format!("samples-{:010}.png", self.nimg));
@@ -926,36 +919,6 @@ pub const STATS_FILE: &str = "stats.jsonl";
 
 /// The evaluator's lines (`[eval] ticks`).
 pub const EVAL_FILE: &str = "eval.jsonl";
-
-/// The optimal-loss curve of the training data under `[optimal_loss.estimate]`: read from
-/// `run_dir/optimal-loss-curve.json` when an earlier start of this run wrote it (so a
-/// resumed run uses the same curve), else estimated now and written there atomically.
-/// The exact estimator runs on the run's device; the others on the CPU.
-fn estimated_curve(
-    est: &CurveEstimateConfig,
-    data: &crate::config::DataConfig,
-    dataset: &Dataset,
-    run_dir: &Path,
-    device: &Device,
-) -> Result<Curve> {
-    let path = run_dir.join(ESTIMATED_CURVE_FILE);
-    if path.is_file() {
-        return Ok(Curve::load(&path)?);
-    }
-    let t0 = Instant::now();
-    let curve = estimate_training_curve(est, data, dataset, device)?;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
-    curve
-        .save(&path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    eprintln!(
-        "optimal-loss curve done in {:.1} s: {}",
-        t0.elapsed().as_secs_f64(),
-        path.display()
-    );
-    Ok(curve)
-}
 
 /// The optimal-loss curve of `dataset` (loaded from `data`) with the budget `est`,
 /// recording the data's x-flip and limit so that [`crate::curve_match`] can check it.

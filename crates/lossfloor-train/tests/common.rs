@@ -24,6 +24,7 @@ pub fn toy_curve() -> Curve {
             dim: 64,
             xflip: false,
             limit: None,
+            conditional: false,
         },
         method: "exact".into(),
         params: Default::default(),

@@ -138,6 +138,7 @@ fn training_loss_approaches_the_exact_floor_from_above() {
             dim: DIM,
             xflip: false,
             limit: None,
+            conditional: false,
         },
         method: "brute-force".into(),
         params: Default::default(),
