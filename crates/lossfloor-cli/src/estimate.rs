@@ -10,7 +10,7 @@ use lossfloor_data::{load, DataSpec};
 use lossfloor_optimal::{estimate_on, write_atomic, EstimateParams, Method};
 
 use crate::plot::{check_font, plot_curves};
-use crate::sigmas::parse_sigmas;
+use lossfloor_optimal::sigmas::parse_sigmas;
 
 /// Estimate the optimal loss J*(σ) of a dataset, per noise level, with error bars.
 ///

@@ -7,7 +7,6 @@ mod estimate;
 mod fid_cmd;
 mod plot;
 mod sample;
-mod sigmas;
 mod study;
 mod study_report;
 mod weights_cmd;

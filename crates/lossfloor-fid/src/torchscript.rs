@@ -92,6 +92,62 @@ pub struct TorchScriptArchive {
     storages: BTreeMap<String, Vec<u8>>,
 }
 
+/// Walks the opcodes of a pickle up to STOP and checks that every length-prefixed argument
+/// fits in the bytes that follow it. candle's unpickler allocates a BINUNICODE string's
+/// declared length (up to 4 GiB) before reading it, so a few hostile bytes would otherwise
+/// make the process allocate gigabytes (or abort). Opcodes outside the set candle reads end
+/// the walk; candle refuses them itself.
+fn check_pickle_lengths(pkl: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    let need = |at: usize, n: usize, what: &str| -> Result<(), String> {
+        if pkl.len().saturating_sub(at) < n {
+            Err(format!(
+                "{what} at byte {at} declares {n} bytes but only {} remain",
+                pkl.len().saturating_sub(at)
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    while at < pkl.len() {
+        let op = pkl[at];
+        at += 1;
+        let arg = match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'r' | b'J' | b'j' => 4,
+            b'G' => 8,
+            0x8a => {
+                need(at, 1, "LONG1")?;
+                1 + usize::from(pkl[at])
+            }
+            b'X' => {
+                need(at, 4, "BINUNICODE length")?;
+                let len = u32::from_le_bytes(pkl[at..at + 4].try_into().expect("4 bytes"));
+                need(at + 4, len as usize, "BINUNICODE string")?;
+                4 + len as usize
+            }
+            b'c' => {
+                // Module and class names, each ending in a newline.
+                for _ in 0..2 {
+                    match pkl[at..].iter().position(|&b| b == b'\n') {
+                        Some(end) => at += end + 1,
+                        None => return Err(format!("GLOBAL name at byte {at} has no newline")),
+                    }
+                }
+                0
+            }
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's'
+            | b'u' | b'}' | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => 0,
+            _ => return Ok(()),
+        };
+        need(at, arg, "opcode argument")?;
+        at += arg;
+    }
+    Ok(())
+}
+
 fn bad(msg: impl Into<String>) -> FidError {
     FidError::Archive(msg.into())
 }
@@ -120,6 +176,7 @@ impl TorchScriptArchive {
             .map_err(|e| bad(e.to_string()))?
             .read_to_end(&mut pkl)
             .map_err(|e| bad(e.to_string()))?;
+        check_pickle_lengths(&pkl).map_err(|e| bad(format!("{pkl_name}: pickle: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut std::io::Cursor::new(&pkl))
@@ -428,4 +485,44 @@ fn f16_to_f32(h: u16) -> f32 {
         (e, m) => sign | ((e + 112) << 23) | (m << 13),
     };
     f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use std::io::{Cursor, Write};
+
+    use super::*;
+
+    fn archive_with_pickle(pkl: &[u8]) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut out);
+        z.start_file("net/data.pkl", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(pkl).unwrap();
+        z.finish().unwrap();
+        out.into_inner()
+    }
+
+    /// Found by `lossfloor-fuzz torchscript`: a BINUNICODE string declaring 2 GiB in an
+    /// eight-byte pickle made the unpickler allocate the declared size.
+    #[test]
+    fn string_longer_than_the_pickle_is_refused_before_allocating() {
+        let pkl = [0x80, 2, b'X', 0x07, 0x00, 0x00, 0x80, b'a'];
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("net/data.pkl") && e.contains("BINUNICODE") && e.contains("2147483655"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pickle_length_walk_accepts_valid_and_stops_at_stop() {
+        assert!(check_pickle_lengths(&[0x80, 2, b'X', 1, 0, 0, 0, b'a', b'.']).is_ok());
+        // Bytes after STOP are not the pickle's business.
+        assert!(check_pickle_lengths(&[b'N', b'.', b'X', 0xff, 0xff]).is_ok());
+        assert!(check_pickle_lengths(&[b'c', b'm', b'\n', b'x']).is_err());
+        assert!(check_pickle_lengths(&[b'G', 0, 0]).is_err());
+    }
 }
