@@ -271,7 +271,7 @@ fn npy_header_length_beyond_the_file() {
         format!("imagenet64:{}", s(&p)),
         &[
             "long-header.npz",
-            "data.npy",
+            "array 'data'",
             "header declares 3137339392 bytes",
         ],
     );

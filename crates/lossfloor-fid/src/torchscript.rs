@@ -12,7 +12,7 @@
 //! tensors (`net.layers.conv.weight`), integer attributes and integer lists
 //! (`net.layers.conv.stride`, `…padding`), and the class of every module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
@@ -92,24 +92,60 @@ pub struct TorchScriptArchive {
     storages: BTreeMap<String, Vec<u8>>,
 }
 
-/// Walks the opcodes of a pickle up to STOP and checks that every length-prefixed argument
-/// fits in the bytes that follow it. candle's unpickler allocates a BINUNICODE string's
-/// declared length (up to 4 GiB) before reading it, so a few hostile bytes would otherwise
-/// make the process allocate gigabytes (or abort). Opcodes outside the set candle reads end
-/// the walk; candle refuses them itself.
-fn check_pickle_lengths(pkl: &[u8]) -> Result<(), String> {
-    let mut at = 0usize;
+/// The most objects an unpickled `data.pkl` may expand to. candle's unpickler copies an
+/// object each time the pickle fetches it from the memo, so a few hundred bytes that fetch,
+/// pair and store an object again double it each time (a "billion laughs"); the Inception
+/// network's pickle expands to tens of thousands of objects.
+const MAX_PICKLE_OBJECTS: u64 = 1 << 22;
+
+/// The deepest object nesting accepted: dropping and walking unpickled objects recurses
+/// once per level, so a pickle of a million nested tuples would overflow the stack. Real
+/// module trees nest a few dozen levels.
+const MAX_PICKLE_DEPTH: u32 = 512;
+
+/// Size (objects, counting memo copies) and nesting depth of one simulated stack entry.
+#[derive(Clone, Copy)]
+struct Shape {
+    objects: u64,
+    depth: u32,
+}
+
+const LEAF: Shape = Shape {
+    objects: 1,
+    depth: 1,
+};
+
+/// Walks the opcodes of a pickle up to STOP before candle's unpickler runs, refusing what
+/// would make it allocate without bound: a length-prefixed argument longer than the bytes
+/// that follow (candle allocates a BINUNICODE string's declared length, up to 4 GiB, before
+/// reading it), an expansion past [`MAX_PICKLE_OBJECTS`] objects, or nesting deeper than
+/// [`MAX_PICKLE_DEPTH`]. The stack is simulated with each entry's size and depth only.
+/// Anything candle itself refuses (an unknown opcode, a pop from an empty stack, a missing
+/// memo entry) ends the walk, and candle reports it.
+fn check_pickle(pkl: &[u8]) -> Result<(), String> {
     let need = |at: usize, n: usize, what: &str| -> Result<(), String> {
-        if pkl.len().saturating_sub(at) < n {
+        let left = pkl.len().saturating_sub(at);
+        if left < n {
             Err(format!(
-                "{what} at byte {at} declares {n} bytes but only {} remain",
-                pkl.len().saturating_sub(at)
+                "{what} at byte {at} declares {n} bytes but only {left} remain"
             ))
         } else {
             Ok(())
         }
     };
+    let mut stack: Vec<Shape> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    let mut memo: HashMap<u32, Shape> = HashMap::new();
+    // Pops `n` entries (or down to the last mark) and merges them into one parent.
+    fn merge(parts: &[Shape]) -> Shape {
+        parts.iter().fold(LEAF, |acc, p| Shape {
+            objects: acc.objects.saturating_add(p.objects),
+            depth: acc.depth.max(p.depth.saturating_add(1)),
+        })
+    }
+    let mut at = 0usize;
     while at < pkl.len() {
+        let op_at = at;
         let op = pkl[at];
         at += 1;
         let arg = match op {
@@ -143,7 +179,77 @@ fn check_pickle_lengths(pkl: &[u8]) -> Result<(), String> {
             _ => return Ok(()),
         };
         need(at, arg, "opcode argument")?;
+        let argument = &pkl[at..at + arg];
         at += arg;
+        let memo_id = || match arg {
+            1 => u32::from(argument[0]),
+            _ => u32::from_le_bytes(argument.try_into().expect("4 bytes")),
+        };
+        let pop = |stack: &mut Vec<Shape>, n: usize| -> Option<Vec<Shape>> {
+            let from = stack.len().checked_sub(n)?;
+            Some(stack.split_off(from))
+        };
+        let to_mark = |stack: &mut Vec<Shape>, marks: &mut Vec<usize>| -> Option<Vec<Shape>> {
+            let mark = marks.pop()?;
+            (mark <= stack.len()).then(|| stack.split_off(mark))
+        };
+        // `None`: candle will refuse this pickle itself; stop simulating.
+        let pushed: Option<Shape> = match op {
+            b'(' => {
+                marks.push(stack.len());
+                continue;
+            }
+            0x80 => continue,
+            b'q' | b'r' => {
+                let Some(top) = stack.last() else {
+                    return Ok(());
+                };
+                memo.insert(memo_id(), *top);
+                continue;
+            }
+            b'h' | b'j' => memo.get(&memo_id()).copied(),
+            b'R' | 0x81 => pop(&mut stack, 2).map(|p| merge(&p)),
+            b't' => to_mark(&mut stack, &mut marks).map(|p| merge(&p)),
+            0x85 | b'Q' => pop(&mut stack, 1).map(|p| merge(&p)),
+            0x86 => pop(&mut stack, 2).map(|p| merge(&p)),
+            0x87 => pop(&mut stack, 3).map(|p| merge(&p)),
+            // Items added to the container below them.
+            b's' | b'a' | b'b' | b'u' | b'e' => {
+                let parts = match op {
+                    b's' => pop(&mut stack, 2),
+                    b'a' | b'b' => pop(&mut stack, 1),
+                    _ => to_mark(&mut stack, &mut marks),
+                };
+                match (parts, stack.pop()) {
+                    (Some(p), Some(container)) => {
+                        // The container keeps its level; its new items sit one below it.
+                        let items = merge(&p);
+                        Some(Shape {
+                            objects: container.objects.saturating_add(items.objects - 1),
+                            depth: container.depth.max(items.depth),
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => Some(LEAF),
+        };
+        let Some(shape) = pushed else {
+            return Ok(());
+        };
+        if shape.objects > MAX_PICKLE_OBJECTS {
+            return Err(format!(
+                "opcode at byte {op_at} expands to more than {MAX_PICKLE_OBJECTS} objects \
+                 (memo entries copied into themselves); expected a TorchScript module tree"
+            ));
+        }
+        if shape.depth > MAX_PICKLE_DEPTH {
+            return Err(format!(
+                "opcode at byte {op_at} nests objects deeper than {MAX_PICKLE_DEPTH} levels; \
+                 expected a TorchScript module tree"
+            ));
+        }
+        stack.push(shape);
     }
     Ok(())
 }
@@ -176,7 +282,7 @@ impl TorchScriptArchive {
             .map_err(|e| bad(e.to_string()))?
             .read_to_end(&mut pkl)
             .map_err(|e| bad(e.to_string()))?;
-        check_pickle_lengths(&pkl).map_err(|e| bad(format!("{pkl_name}: pickle: {e}")))?;
+        check_pickle(&pkl).map_err(|e| bad(format!("{pkl_name}: pickle: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut std::io::Cursor::new(&pkl))
@@ -517,12 +623,47 @@ mod hostile_tests {
         );
     }
 
+    /// A memo entry paired with itself and stored back, 40 times: 2^40 copies for candle.
+    #[test]
+    fn self_doubling_memo_is_refused() {
+        let mut pkl = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..40 {
+            pkl.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        pkl.push(b'.');
+        let t = std::time::Instant::now();
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        assert!(e.contains("more than 4194304 objects"), "{e}");
+    }
+
+    /// A million nested tuples would overflow the stack when dropped or walked.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut pkl = vec![0x80, 2, b'N'];
+        pkl.extend(std::iter::repeat_n(0x85, 100_000));
+        pkl.push(b'.');
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deeper than 512 levels"), "{e}");
+        // A long flat list is fine for the walk.
+        let mut flat = vec![0x80, 2, b']'];
+        for _ in 0..5000 {
+            flat.extend_from_slice(&[b'N', b'a']);
+        }
+        flat.push(b'.');
+        assert!(check_pickle(&flat).is_ok());
+    }
+
     #[test]
     fn pickle_length_walk_accepts_valid_and_stops_at_stop() {
-        assert!(check_pickle_lengths(&[0x80, 2, b'X', 1, 0, 0, 0, b'a', b'.']).is_ok());
+        assert!(check_pickle(&[0x80, 2, b'X', 1, 0, 0, 0, b'a', b'.']).is_ok());
         // Bytes after STOP are not the pickle's business.
-        assert!(check_pickle_lengths(&[b'N', b'.', b'X', 0xff, 0xff]).is_ok());
-        assert!(check_pickle_lengths(&[b'c', b'm', b'\n', b'x']).is_err());
-        assert!(check_pickle_lengths(&[b'G', 0, 0]).is_err());
+        assert!(check_pickle(&[b'N', b'.', b'X', 0xff, 0xff]).is_ok());
+        assert!(check_pickle(&[b'c', b'm', b'\n', b'x']).is_err());
+        assert!(check_pickle(&[b'G', 0, 0]).is_err());
     }
 }
