@@ -342,7 +342,7 @@ mod hostile_tests {
         let dir = tempfile::tempdir().unwrap();
         let mut header =
             "{'descr': '<f8', 'fortran_order': False, 'shape': {{{{{{{{{{{{{{(3,), }".to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

@@ -652,7 +652,7 @@ mod hostile_tests {
         // A long flat list is fine for the walk.
         let mut flat = vec![0x80, 2, b']'];
         for _ in 0..5000 {
-            flat.extend_from_slice(&[b'N', b'a']);
+            flat.extend_from_slice(b"Na");
         }
         flat.push(b'.');
         assert!(check_pickle(&flat).is_ok());
@@ -663,7 +663,7 @@ mod hostile_tests {
         assert!(check_pickle(&[0x80, 2, b'X', 1, 0, 0, 0, b'a', b'.']).is_ok());
         // Bytes after STOP are not the pickle's business.
         assert!(check_pickle(&[b'N', b'.', b'X', 0xff, 0xff]).is_ok());
-        assert!(check_pickle(&[b'c', b'm', b'\n', b'x']).is_err());
+        assert!(check_pickle(b"cm\nx").is_err());
         assert!(check_pickle(&[b'G', 0, 0]).is_err());
     }
 }

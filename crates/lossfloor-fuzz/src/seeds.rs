@@ -17,7 +17,7 @@ pub fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
         _ => format!("({})", dims.join(", ")),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
