@@ -104,24 +104,31 @@ const MAX_PICKLE_OBJECTS: u64 = 1 << 22;
 const MAX_PICKLE_DEPTH: u32 = 512;
 
 /// Size (objects, counting memo copies) and nesting depth of one simulated stack entry.
+/// candle keeps MARK as an object on the stack (ops that pop may take it like any value),
+/// so the simulation does too.
 #[derive(Clone, Copy)]
 struct Shape {
     objects: u64,
     depth: u32,
+    mark: bool,
 }
 
 const LEAF: Shape = Shape {
     objects: 1,
     depth: 1,
+    mark: false,
 };
+
+const MARK: Shape = Shape { mark: true, ..LEAF };
 
 /// Walks the opcodes of a pickle up to STOP before candle's unpickler runs, refusing what
 /// would make it allocate without bound: a length-prefixed argument longer than the bytes
 /// that follow (candle allocates a BINUNICODE string's declared length, up to 4 GiB, before
 /// reading it), an expansion past [`MAX_PICKLE_OBJECTS`] objects, or nesting deeper than
 /// [`MAX_PICKLE_DEPTH`]. The stack is simulated with each entry's size and depth only.
-/// Anything candle itself refuses (an unknown opcode, a pop from an empty stack, a missing
-/// memo entry) ends the walk, and candle reports it.
+/// Where the simulation cannot follow (a pop from an empty stack, a missing memo entry:
+/// candle refuses those itself) it stops, but the length checks go on to STOP; an unknown
+/// opcode ends the walk, since candle stops there with an error.
 fn check_pickle(pkl: &[u8]) -> Result<(), String> {
     let need = |at: usize, n: usize, what: &str| -> Result<(), String> {
         let left = pkl.len().saturating_sub(at);
@@ -134,13 +141,14 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
         }
     };
     let mut stack: Vec<Shape> = Vec::new();
-    let mut marks: Vec<usize> = Vec::new();
     let mut memo: HashMap<u32, Shape> = HashMap::new();
+    let mut simulating = true;
     // Pops `n` entries (or down to the last mark) and merges them into one parent.
     fn merge(parts: &[Shape]) -> Shape {
         parts.iter().fold(LEAF, |acc, p| Shape {
             objects: acc.objects.saturating_add(p.objects),
             depth: acc.depth.max(p.depth.saturating_add(1)),
+            mark: false,
         })
     }
     let mut at = 0usize;
@@ -181,6 +189,9 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
         need(at, arg, "opcode argument")?;
         let argument = &pkl[at..at + arg];
         at += arg;
+        if !simulating {
+            continue;
+        }
         let memo_id = || match arg {
             1 => u32::from(argument[0]),
             _ => u32::from_le_bytes(argument.try_into().expect("4 bytes")),
@@ -189,27 +200,26 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
             let from = stack.len().checked_sub(n)?;
             Some(stack.split_off(from))
         };
-        let to_mark = |stack: &mut Vec<Shape>, marks: &mut Vec<usize>| -> Option<Vec<Shape>> {
-            let mark = marks.pop()?;
-            (mark <= stack.len()).then(|| stack.split_off(mark))
+        let to_mark = |stack: &mut Vec<Shape>| -> Option<Vec<Shape>> {
+            let mark = stack.iter().rposition(|s| s.mark)?;
+            let items = stack.split_off(mark + 1);
+            stack.pop();
+            Some(items)
         };
         // `None`: candle will refuse this pickle itself; stop simulating.
         let pushed: Option<Shape> = match op {
-            b'(' => {
-                marks.push(stack.len());
-                continue;
-            }
+            b'(' => Some(MARK),
             0x80 => continue,
-            b'q' | b'r' => {
-                let Some(top) = stack.last() else {
-                    return Ok(());
-                };
-                memo.insert(memo_id(), *top);
-                continue;
-            }
+            b'q' | b'r' => match stack.last() {
+                Some(top) => {
+                    memo.insert(memo_id(), *top);
+                    continue;
+                }
+                None => None,
+            },
             b'h' | b'j' => memo.get(&memo_id()).copied(),
             b'R' | 0x81 => pop(&mut stack, 2).map(|p| merge(&p)),
-            b't' => to_mark(&mut stack, &mut marks).map(|p| merge(&p)),
+            b't' => to_mark(&mut stack).map(|p| merge(&p)),
             0x85 | b'Q' => pop(&mut stack, 1).map(|p| merge(&p)),
             0x86 => pop(&mut stack, 2).map(|p| merge(&p)),
             0x87 => pop(&mut stack, 3).map(|p| merge(&p)),
@@ -218,7 +228,7 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
                 let parts = match op {
                     b's' => pop(&mut stack, 2),
                     b'a' | b'b' => pop(&mut stack, 1),
-                    _ => to_mark(&mut stack, &mut marks),
+                    _ => to_mark(&mut stack),
                 };
                 match (parts, stack.pop()) {
                     (Some(p), Some(container)) => {
@@ -227,6 +237,7 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
                         Some(Shape {
                             objects: container.objects.saturating_add(items.objects - 1),
                             depth: container.depth.max(items.depth),
+                            mark: false,
                         })
                     }
                     _ => None,
@@ -235,7 +246,8 @@ fn check_pickle(pkl: &[u8]) -> Result<(), String> {
             _ => Some(LEAF),
         };
         let Some(shape) = pushed else {
-            return Ok(());
+            simulating = false;
+            continue;
         };
         if shape.objects > MAX_PICKLE_OBJECTS {
             return Err(format!(
@@ -656,6 +668,22 @@ mod hostile_tests {
         }
         flat.push(b'.');
         assert!(check_pickle(&flat).is_ok());
+    }
+
+    /// Found by the long `lossfloor-fuzz torchscript` run: the walk stopped where its stack
+    /// model lost track (it kept marks apart, candle keeps them on the stack), and a huge
+    /// string after that point went unchecked. Lengths are now checked to STOP regardless.
+    #[test]
+    fn lengths_are_checked_after_the_simulation_loses_track() {
+        // `t` with no mark: the simulation stops; the 4 GiB string after it must still fail.
+        let pkl = [b't', b'X', 0x01, 0x00, 0xff, 0xff, b'a', b'.'];
+        let e = check_pickle(&pkl).unwrap_err();
+        assert!(
+            e.contains("BINUNICODE string") && e.contains("4294901761"),
+            "{e}"
+        );
+        // A MARK popped as a value, as candle allows: the walk follows on.
+        assert!(check_pickle(b"(\x85N.").is_ok());
     }
 
     #[test]
