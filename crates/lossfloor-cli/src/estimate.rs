@@ -14,7 +14,7 @@ use lossfloor_optimal::{
 };
 
 use crate::plot::{check_font, plot_curves};
-use crate::sigmas::parse_sigmas;
+use lossfloor_optimal::sigmas::parse_sigmas;
 
 /// Estimate the optimal loss J*(σ) of a dataset, per noise level, with error bars.
 ///

@@ -10,7 +10,6 @@ mod phema_cmd;
 mod plot;
 mod sample;
 mod scaling_cmd;
-mod sigmas;
 mod study;
 mod study_report;
 mod weights_cmd;

@@ -251,3 +251,49 @@ fn png_header_declaring_more_than_its_bytes() {
     let ds = load(&format!("edm:{}", s(&folder)).parse().unwrap()).unwrap();
     assert_eq!(ds.base_len(), 1);
 }
+
+/// Found by `lossfloor-fuzz npy`: a format-2.0 preamble whose 4-byte header length says
+/// 3 GB made npyz allocate the header before reading it.
+#[test]
+fn npy_header_length_beyond_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("long-header.npy");
+    std::fs::write(&p, b"\x93NUMPY\x02\x00\x00\x00\x00\xbb").unwrap();
+    refused(
+        format!("npy:{}", s(&p)),
+        &["long-header.npy", "header declares 3137339392 bytes"],
+    );
+    // The same inside an ImageNet .npz entry.
+    let p = dir.path().join("long-header.npz");
+    let entry = b"\x93NUMPY\x02\x00\x00\x00\x00\xbb".to_vec();
+    write_zip(&p, &[("data.npy", entry, CompressionMethod::Stored)]);
+    refused(
+        format!("imagenet64:{}", s(&p)),
+        &[
+            "long-header.npz",
+            "array 'data'",
+            "header declares 3137339392 bytes",
+        ],
+    );
+}
+
+/// Found by `lossfloor-fuzz fid-stats`: stray `{` in the header dict sent npyz's parser into
+/// exponential backtracking (over a minute for 14 of them); refused within the second.
+#[test]
+fn npy_header_nested_too_deep() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nested.npy");
+    let mut bytes = npy_bytes("<f4", &[2, 2], &[0; 16]);
+    let at = bytes.windows(9).position(|w| w == b"'shape': ").unwrap() + 9;
+    bytes.splice(at..at, b"{{{{{{{{{{{{{{".iter().copied());
+    bytes.truncate(bytes.len() - 16);
+    // Keep the declared header length in step with the 14 bytes inserted.
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) + 14;
+    bytes[8..10].copy_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&p, bytes).unwrap();
+    refused(
+        format!("npy:{}", s(&p)),
+        &["nested.npy", "nests brackets deeper than 4"],
+    );
+}

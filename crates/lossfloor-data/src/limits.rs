@@ -90,6 +90,74 @@ pub fn check_memory_within(what: &str, need: Option<u128>, limit: u64) -> Result
     }
 }
 
+/// The longest `.npy` header accepted. numpy writes about 128 bytes for a plain array, and
+/// its own loader refuses headers over 10 000 bytes by default; the header length is a
+/// 4-byte field in format 2.0, so without a bound a few bytes could declare 4 GiB.
+pub const NPY_MAX_HEADER: usize = 1 << 16;
+
+/// The deepest bracket nesting accepted in an `.npy` header dict. A plain array's header
+/// nests two deep (`{… 'shape': (…)}`); npyz's header parser backtracks exponentially in the
+/// nesting depth (14 stray `{` took over a minute), so deeper headers are refused first.
+pub const NPY_MAX_NESTING: usize = 4;
+
+/// Reads the preamble and header of an `.npy` stream from `r` and checks them before any
+/// `.npy` parser sees them: the magic, a declared header length that fits both
+/// [`NPY_MAX_HEADER`] and `stream_len` (the most bytes the whole stream can hold), and a
+/// bracket nesting of at most [`NPY_MAX_NESTING`]. Returns the bytes read, to be put back
+/// in front of the rest of the stream (`Cursor::new(head).chain(r)`). The error says what
+/// was wrong, for the caller to prefix with the file's name.
+pub fn read_npy_head<R: std::io::Read + ?Sized>(
+    r: &mut R,
+    stream_len: u64,
+) -> Result<Vec<u8>, String> {
+    let mut head = vec![0u8; 10];
+    r.read_exact(&mut head)
+        .map_err(|_| "shorter than the 10-byte .npy preamble".to_string())?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err("does not start with the .npy magic \\x93NUMPY".into());
+    }
+    let header_len = match head[6] {
+        1 => usize::from(u16::from_le_bytes([head[8], head[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            r.read_exact(&mut rest)
+                .map_err(|_| "shorter than the 12-byte .npy 2.0 preamble".to_string())?;
+            head.extend_from_slice(&rest);
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
+        }
+        major => return Err(format!(".npy format version {major} is not 1, 2 or 3")),
+    };
+    let present = stream_len.saturating_sub(head.len() as u64);
+    if header_len > NPY_MAX_HEADER || header_len as u64 > present {
+        return Err(format!(
+            ".npy header declares {header_len} bytes; expected at most {} (the limit is \
+             {NPY_MAX_HEADER}, and {present} bytes follow the preamble)",
+            present.min(NPY_MAX_HEADER as u64)
+        ));
+    }
+    let start = head.len();
+    head.resize(start + header_len, 0);
+    r.read_exact(&mut head[start..])
+        .map_err(|_| format!(".npy header truncated: expected {header_len} bytes"))?;
+    let mut depth = 0usize;
+    for &b in &head[start..] {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > NPY_MAX_NESTING {
+                    return Err(format!(
+                        ".npy header nests brackets deeper than {NPY_MAX_NESTING}; expected a \
+                         dict like {{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }}"
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(head)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +190,20 @@ mod tests {
             assert!(m > 1 << 20);
             assert_eq!(memory_limit(), m);
         }
+    }
+
+    #[test]
+    fn npy_head_checks_magic_length_and_nesting() {
+        let ok = b"\x93NUMPY\x01\x00\x06\x00{(1,)}rest";
+        let head = read_npy_head(&mut &ok[..], ok.len() as u64).unwrap();
+        assert_eq!(head, &ok[..16]);
+        let e = read_npy_head(&mut &b"PK\x03\x04......"[..], 12).unwrap_err();
+        assert!(e.contains("magic"), "{e}");
+        let long = b"\x93NUMPY\x02\x00\x00\x00\x02\x00";
+        let e = read_npy_head(&mut &long[..], 1 << 30).unwrap_err();
+        assert!(e.contains("declares 131072 bytes"), "{e}");
+        let deep = b"\x93NUMPY\x01\x00\x05\x00(((((";
+        let e = read_npy_head(&mut &deep[..], 15).unwrap_err();
+        assert!(e.contains("nests brackets"), "{e}");
     }
 }

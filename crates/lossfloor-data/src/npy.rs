@@ -5,7 +5,7 @@ use std::path::Path;
 
 use npyz::{DType, Endianness, NpyHeader, Order, TypeChar};
 
-use crate::limits::checked_product;
+use crate::limits::{checked_product, read_npy_head};
 use crate::util::{fill, not_found, FillError};
 use crate::{DataError, Dataset, ImageShape, Storage};
 
@@ -93,7 +93,14 @@ pub(crate) fn read_header<R: Read + ?Sized>(
     loc: &Loc,
     stream_len: u64,
 ) -> Result<NpyInfo, DataError> {
-    let mut counting = Counting { inner: r, n: 0 };
+    let head = read_npy_head(r, stream_len)
+        .map_err(|e| loc.err(format!("not a valid .npy array: {e}")))?;
+    let head_len = head.len() as u64;
+    let mut stream = std::io::Cursor::new(head).chain(r);
+    let mut counting = Counting {
+        inner: &mut stream,
+        n: 0,
+    };
     let header = NpyHeader::from_reader(&mut counting).map_err(|e| {
         loc.err(format!(
             "not a valid .npy array ({e}); expected a NumPy .npy header"
@@ -130,6 +137,8 @@ pub(crate) fn read_header<R: Read + ?Sized>(
             "array is stored in Fortran order; expected C order (np.ascontiguousarray before saving)",
         ));
     }
+    // npyz stops at the end of the header, which `read_npy_head` read whole.
+    debug_assert_eq!(counting.n, head_len);
     let present = stream_len.saturating_sub(counting.n);
     match checked_product(&shape).and_then(|n| n.checked_mul(size)) {
         None => {

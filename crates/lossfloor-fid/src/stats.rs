@@ -314,7 +314,26 @@ pub fn save_stats_npz(
 }
 
 fn read_npy_f64(bytes: &[u8]) -> std::io::Result<(Vec<u64>, Vec<f64>, bool)> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidData, msg);
+    // The preamble and header are checked before npyz sees them: a declared header length
+    // of gigabytes, or deeply nested brackets that npyz's parser takes minutes over.
+    let head = lossfloor_data::limits::read_npy_head(&mut &bytes[..], bytes.len() as u64)
+        .map_err(invalid)?;
     let npy = npyz::NpyFile::new(bytes)?;
+    // The shape must fit in the bytes after the header (4 bytes per value at the least), so
+    // a few bytes cannot declare an array that later code (a d×d matrix) allocates.
+    let present = (bytes.len() - head.len()) as u64;
+    let declared = npy
+        .shape()
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(4));
+    if declared.is_none_or(|b| b > present) {
+        return Err(invalid(format!(
+            "shape {:?} declares more data than the {present} bytes present",
+            npy.shape()
+        )));
+    }
     let shape = npy.shape().to_vec();
     let fortran = npy.order() == npyz::Order::Fortran;
     let data = match npy.try_data::<f64>() {
@@ -371,4 +390,50 @@ pub fn load_stats_npz(path: impl AsRef<Path>) -> Result<Stats, FidError> {
         |i, j| if fortran { s[j * d + i] } else { s[i * d + j] },
     );
     Ok(Stats { mu, sigma })
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn npz_with_mu(dir: &Path, mu_npy: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("stats.npz");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        z.start_file("mu.npy", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(mu_npy).unwrap();
+        z.finish().unwrap();
+        path
+    }
+
+    /// Found by `lossfloor-fuzz fid-stats`: nested `{` in a header hung npyz's parser.
+    #[test]
+    fn deeply_nested_header_is_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header =
+            "{'descr': '<f8', 'fortran_order': False, 'shape': {{{{{{{{{{{{{{(3,), }".to_string();
+        while !(10 + header.len() + 1).is_multiple_of(64) {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        npy.extend_from_slice(header.as_bytes());
+        npy.extend_from_slice(&[0; 24]);
+        let path = npz_with_mu(dir.path(), &npy);
+        let t = std::time::Instant::now();
+        let e = load_stats_npz(&path).unwrap_err().to_string();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        assert!(e.contains("mu.npy") && e.contains("nests brackets"), "{e}");
+    }
+
+    #[test]
+    fn header_length_beyond_the_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = npz_with_mu(dir.path(), b"\x93NUMPY\x02\x00\xff\xff\xff\x7f");
+        let e = load_stats_npz(&path).unwrap_err().to_string();
+        assert!(e.contains("header declares 2147483647 bytes"), "{e}");
+    }
 }

@@ -12,7 +12,7 @@
 //! tensors (`net.layers.conv.weight`), integer attributes and integer lists
 //! (`net.layers.conv.stride`, `…padding`), and the class of every module.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
@@ -92,6 +92,180 @@ pub struct TorchScriptArchive {
     storages: BTreeMap<String, Vec<u8>>,
 }
 
+/// The most objects an unpickled `data.pkl` may expand to. candle's unpickler copies an
+/// object each time the pickle fetches it from the memo, so a few hundred bytes that fetch,
+/// pair and store an object again double it each time (a "billion laughs"); the Inception
+/// network's pickle expands to tens of thousands of objects.
+const MAX_PICKLE_OBJECTS: u64 = 1 << 22;
+
+/// The deepest object nesting accepted: dropping and walking unpickled objects recurses
+/// once per level, so a pickle of a million nested tuples would overflow the stack. Real
+/// module trees nest a few dozen levels.
+const MAX_PICKLE_DEPTH: u32 = 512;
+
+/// Size (objects, counting memo copies) and nesting depth of one simulated stack entry.
+/// candle keeps MARK as an object on the stack (ops that pop may take it like any value),
+/// so the simulation does too.
+#[derive(Clone, Copy)]
+struct Shape {
+    objects: u64,
+    depth: u32,
+    mark: bool,
+}
+
+const LEAF: Shape = Shape {
+    objects: 1,
+    depth: 1,
+    mark: false,
+};
+
+const MARK: Shape = Shape { mark: true, ..LEAF };
+
+/// Walks the opcodes of a pickle up to STOP before candle's unpickler runs, refusing what
+/// would make it allocate without bound: a length-prefixed argument longer than the bytes
+/// that follow (candle allocates a BINUNICODE string's declared length, up to 4 GiB, before
+/// reading it), an expansion past [`MAX_PICKLE_OBJECTS`] objects, or nesting deeper than
+/// [`MAX_PICKLE_DEPTH`]. The stack is simulated with each entry's size and depth only.
+/// Where the simulation cannot follow (a pop from an empty stack, a missing memo entry:
+/// candle refuses those itself) it stops, but the length checks go on to STOP; an unknown
+/// opcode ends the walk, since candle stops there with an error.
+fn check_pickle(pkl: &[u8]) -> Result<(), String> {
+    let need = |at: usize, n: usize, what: &str| -> Result<(), String> {
+        let left = pkl.len().saturating_sub(at);
+        if left < n {
+            Err(format!(
+                "{what} at byte {at} declares {n} bytes but only {left} remain"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let mut stack: Vec<Shape> = Vec::new();
+    let mut memo: HashMap<u32, Shape> = HashMap::new();
+    let mut simulating = true;
+    // Pops `n` entries (or down to the last mark) and merges them into one parent.
+    fn merge(parts: &[Shape]) -> Shape {
+        parts.iter().fold(LEAF, |acc, p| Shape {
+            objects: acc.objects.saturating_add(p.objects),
+            depth: acc.depth.max(p.depth.saturating_add(1)),
+            mark: false,
+        })
+    }
+    let mut at = 0usize;
+    while at < pkl.len() {
+        let op_at = at;
+        let op = pkl[at];
+        at += 1;
+        let arg = match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'r' | b'J' | b'j' => 4,
+            b'G' => 8,
+            0x8a => {
+                need(at, 1, "LONG1")?;
+                1 + usize::from(pkl[at])
+            }
+            b'X' => {
+                need(at, 4, "BINUNICODE length")?;
+                let len = u32::from_le_bytes(pkl[at..at + 4].try_into().expect("4 bytes"));
+                need(at + 4, len as usize, "BINUNICODE string")?;
+                4 + len as usize
+            }
+            b'c' => {
+                // Module and class names, each ending in a newline.
+                for _ in 0..2 {
+                    match pkl[at..].iter().position(|&b| b == b'\n') {
+                        Some(end) => at += end + 1,
+                        None => return Err(format!("GLOBAL name at byte {at} has no newline")),
+                    }
+                }
+                0
+            }
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's'
+            | b'u' | b'}' | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => 0,
+            _ => return Ok(()),
+        };
+        need(at, arg, "opcode argument")?;
+        let argument = &pkl[at..at + arg];
+        at += arg;
+        if !simulating {
+            continue;
+        }
+        let memo_id = || match arg {
+            1 => u32::from(argument[0]),
+            _ => u32::from_le_bytes(argument.try_into().expect("4 bytes")),
+        };
+        let pop = |stack: &mut Vec<Shape>, n: usize| -> Option<Vec<Shape>> {
+            let from = stack.len().checked_sub(n)?;
+            Some(stack.split_off(from))
+        };
+        let to_mark = |stack: &mut Vec<Shape>| -> Option<Vec<Shape>> {
+            let mark = stack.iter().rposition(|s| s.mark)?;
+            let items = stack.split_off(mark + 1);
+            stack.pop();
+            Some(items)
+        };
+        // `None`: candle will refuse this pickle itself; stop simulating.
+        let pushed: Option<Shape> = match op {
+            b'(' => Some(MARK),
+            0x80 => continue,
+            b'q' | b'r' => match stack.last() {
+                Some(top) => {
+                    memo.insert(memo_id(), *top);
+                    continue;
+                }
+                None => None,
+            },
+            b'h' | b'j' => memo.get(&memo_id()).copied(),
+            b'R' | 0x81 => pop(&mut stack, 2).map(|p| merge(&p)),
+            b't' => to_mark(&mut stack).map(|p| merge(&p)),
+            0x85 | b'Q' => pop(&mut stack, 1).map(|p| merge(&p)),
+            0x86 => pop(&mut stack, 2).map(|p| merge(&p)),
+            0x87 => pop(&mut stack, 3).map(|p| merge(&p)),
+            // Items added to the container below them.
+            b's' | b'a' | b'b' | b'u' | b'e' => {
+                let parts = match op {
+                    b's' => pop(&mut stack, 2),
+                    b'a' | b'b' => pop(&mut stack, 1),
+                    _ => to_mark(&mut stack),
+                };
+                match (parts, stack.pop()) {
+                    (Some(p), Some(container)) => {
+                        // The container keeps its level; its new items sit one below it.
+                        let items = merge(&p);
+                        Some(Shape {
+                            objects: container.objects.saturating_add(items.objects - 1),
+                            depth: container.depth.max(items.depth),
+                            mark: false,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => Some(LEAF),
+        };
+        let Some(shape) = pushed else {
+            simulating = false;
+            continue;
+        };
+        if shape.objects > MAX_PICKLE_OBJECTS {
+            return Err(format!(
+                "opcode at byte {op_at} expands to more than {MAX_PICKLE_OBJECTS} objects \
+                 (memo entries copied into themselves); expected a TorchScript module tree"
+            ));
+        }
+        if shape.depth > MAX_PICKLE_DEPTH {
+            return Err(format!(
+                "opcode at byte {op_at} nests objects deeper than {MAX_PICKLE_DEPTH} levels; \
+                 expected a TorchScript module tree"
+            ));
+        }
+        stack.push(shape);
+    }
+    Ok(())
+}
+
 fn bad(msg: impl Into<String>) -> FidError {
     FidError::Archive(msg.into())
 }
@@ -120,6 +294,7 @@ impl TorchScriptArchive {
             .map_err(|e| bad(e.to_string()))?
             .read_to_end(&mut pkl)
             .map_err(|e| bad(e.to_string()))?;
+        check_pickle(&pkl).map_err(|e| bad(format!("{pkl_name}: pickle: {e}")))?;
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut std::io::Cursor::new(&pkl))
@@ -428,4 +603,95 @@ fn f16_to_f32(h: u16) -> f32 {
         (e, m) => sign | ((e + 112) << 23) | (m << 13),
     };
     f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use std::io::{Cursor, Write};
+
+    use super::*;
+
+    fn archive_with_pickle(pkl: &[u8]) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        let mut z = zip::ZipWriter::new(&mut out);
+        z.start_file("net/data.pkl", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(pkl).unwrap();
+        z.finish().unwrap();
+        out.into_inner()
+    }
+
+    /// Found by `lossfloor-fuzz torchscript`: a BINUNICODE string declaring 2 GiB in an
+    /// eight-byte pickle made the unpickler allocate the declared size.
+    #[test]
+    fn string_longer_than_the_pickle_is_refused_before_allocating() {
+        let pkl = [0x80, 2, b'X', 0x07, 0x00, 0x00, 0x80, b'a'];
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("net/data.pkl") && e.contains("BINUNICODE") && e.contains("2147483655"),
+            "{e}"
+        );
+    }
+
+    /// A memo entry paired with itself and stored back, 40 times: 2^40 copies for candle.
+    #[test]
+    fn self_doubling_memo_is_refused() {
+        let mut pkl = vec![0x80, 2, b']', b'q', 0];
+        for _ in 0..40 {
+            pkl.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+        }
+        pkl.push(b'.');
+        let t = std::time::Instant::now();
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        assert!(e.contains("more than 4194304 objects"), "{e}");
+    }
+
+    /// A million nested tuples would overflow the stack when dropped or walked.
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut pkl = vec![0x80, 2, b'N'];
+        pkl.extend(std::iter::repeat_n(0x85, 100_000));
+        pkl.push(b'.');
+        let e = TorchScriptArchive::from_reader(Cursor::new(archive_with_pickle(&pkl)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deeper than 512 levels"), "{e}");
+        // A long flat list is fine for the walk.
+        let mut flat = vec![0x80, 2, b']'];
+        for _ in 0..5000 {
+            flat.extend_from_slice(b"Na");
+        }
+        flat.push(b'.');
+        assert!(check_pickle(&flat).is_ok());
+    }
+
+    /// Found by the long `lossfloor-fuzz torchscript` run: the walk stopped where its stack
+    /// model lost track (it kept marks apart, candle keeps them on the stack), and a huge
+    /// string after that point went unchecked. Lengths are now checked to STOP regardless.
+    #[test]
+    fn lengths_are_checked_after_the_simulation_loses_track() {
+        // `t` with no mark: the simulation stops; the 4 GiB string after it must still fail.
+        let pkl = [b't', b'X', 0x01, 0x00, 0xff, 0xff, b'a', b'.'];
+        let e = check_pickle(&pkl).unwrap_err();
+        assert!(
+            e.contains("BINUNICODE string") && e.contains("4294901761"),
+            "{e}"
+        );
+        // A MARK popped as a value, as candle allows: the walk follows on.
+        assert!(check_pickle(b"(\x85N.").is_ok());
+    }
+
+    #[test]
+    fn pickle_length_walk_accepts_valid_and_stops_at_stop() {
+        assert!(check_pickle(&[0x80, 2, b'X', 1, 0, 0, 0, b'a', b'.']).is_ok());
+        // Bytes after STOP are not the pickle's business.
+        assert!(check_pickle(&[b'N', b'.', b'X', 0xff, 0xff]).is_ok());
+        assert!(check_pickle(b"cm\nx").is_err());
+        assert!(check_pickle(&[b'G', 0, 0]).is_err());
+    }
 }

@@ -20,6 +20,7 @@ mod gaussian;
 mod kernel;
 pub mod matmul;
 mod method;
+pub mod sigmas;
 mod softmax;
 mod source;
 mod stats;

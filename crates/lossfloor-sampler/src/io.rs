@@ -37,7 +37,18 @@ pub fn write_atomic(
 /// `expected`.  Returns an f32 tensor `[N, C, H, W]` on `device`.
 pub fn latents_from_npy(path: &Path, expected: [usize; 3], device: &Device) -> Result<Tensor> {
     let file = File::open(path).map_err(io_err(path))?;
-    let npy = npyz::NpyFile::new(BufReader::new(file)).map_err(|e| SamplerError::Npy {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::new(file);
+    // The preamble and header are checked before npyz sees them: a declared header length
+    // of gigabytes, or deeply nested brackets that npyz's parser takes minutes over.
+    let head = lossfloor_data::limits::read_npy_head(&mut reader, len).map_err(|reason| {
+        SamplerError::Npy {
+            path: path.to_path_buf(),
+            reason: format!("not a readable .npy file: {reason}"),
+        }
+    })?;
+    let stream = std::io::Read::chain(std::io::Cursor::new(head), reader);
+    let npy = npyz::NpyFile::new(stream).map_err(|e| SamplerError::Npy {
         path: path.to_path_buf(),
         reason: format!("not a readable .npy file: {e}"),
     })?;
@@ -61,7 +72,7 @@ pub fn latents_from_npy(path: &Path, expected: [usize; 3], device: &Device) -> R
         reason,
     };
     // The declared size must fit in the file before anything is read or allocated.
-    let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
+    let file_len = len;
     let declared = shape
         .iter()
         .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
@@ -233,4 +244,24 @@ pub fn save_grid_png(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
 pub fn save_png(path: &Path, image: &Tensor) -> Result<()> {
     u8_images(image, 3, "image")?;
     save_grid_png(path, &image.unsqueeze(0)?, 1)
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    /// A 4-byte header length of 3 GB in a 12-byte file: refused before npyz allocates it.
+    #[test]
+    fn latents_header_length_beyond_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latents.npy");
+        std::fs::write(&path, b"\x93NUMPY\x02\x00\x00\x00\x00\xbb").unwrap();
+        let e = latents_from_npy(&path, [3, 4, 4], &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("latents.npy") && e.contains("header declares 3137339392 bytes"),
+            "{e}"
+        );
+    }
 }

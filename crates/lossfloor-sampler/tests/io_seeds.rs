@@ -361,3 +361,27 @@ fn image_paths_like_edm() {
     );
     assert_eq!(image_path(o, 7, false), o.join("000007.png"));
 }
+
+/// Found by `lossfloor-fuzz seeds`: ranges were bounded one by one (1e8 each), so a short
+/// list could expand to hundreds of megabytes and take seconds. Now the whole list is
+/// bounded, before anything is allocated.
+#[test]
+fn seed_lists_are_bounded_in_total() {
+    use lossfloor_sampler::seeds::MAX_SEEDS;
+    assert_eq!(
+        parse_seeds(&format!("0-{}", MAX_SEEDS - 1)).unwrap().len() as u64,
+        MAX_SEEDS
+    );
+    let t = std::time::Instant::now();
+    for list in [
+        "3-84467440".to_string(),
+        format!("0-{}", MAX_SEEDS),
+        format!("0-{},5", MAX_SEEDS - 1),
+        "0-18446744073709551615".to_string(),
+        ["0-9999999"; 40].join(","),
+    ] {
+        let e = parse_seeds(&list).unwrap_err().to_string();
+        assert!(e.contains("past 10000000 seeds"), "{list}: {e}");
+    }
+    assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+}

@@ -1,4 +1,5 @@
-//! Parsing the σ̂ grid given on the command line.
+//! Parsing a σ̂ grid spec (`lossfloor estimate --sigmas`): a list or `logspace:MIN:MAX:K`.
+//! Here rather than in the command-line crate so the fuzz harness can reach it.
 
 use anyhow::{bail, Context, Result};
 
