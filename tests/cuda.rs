@@ -383,8 +383,13 @@ fn training_steps_agree() {
             .unwrap()
             .names()
             .to_vec();
-        let (t, meta) =
-            load_state(&latest_state(&run).unwrap().unwrap(), &names, &Device::Cpu).unwrap();
+        let (t, meta) = load_state(
+            &latest_state(&run).unwrap().unwrap(),
+            &names,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(meta.step, 2, "{device}: two steps of 8 images");
         states.push(t);
     }
