@@ -10,6 +10,7 @@
 //! - [`floor_mix`]: the floor of a labelled run (conditional curve, label-dropout mixture);
 //! - [`effective_weight`]: q(ln σ̂)·w(σ̂), the weight a recipe gives each noise level;
 //! - [`schedule`]: the optimal-loss weight w(σ̂) and adaptive p(σ̂), per-σ̂ bin stats;
+//! - [`run_dir`]: a run directory's logs and leftovers, taken over by a start or a resume;
 //! - [`state`]: atomic safetensors training states;
 //! - [`train`]: the loop ([`Trainer`]), deterministic data order and RNG streams;
 //! - [`run_train`]: the `lossfloor train` entry point.
@@ -23,6 +24,7 @@ pub mod ema;
 pub mod eval_gap;
 pub mod floor_mix;
 pub mod posthoc_ema;
+pub mod run_dir;
 pub mod schedule;
 pub mod state;
 pub mod train;

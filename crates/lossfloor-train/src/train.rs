@@ -40,6 +40,8 @@ use crate::config::{
 use crate::ema::{ema_beta, Ema};
 use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
 use crate::posthoc_ema::{profile_snapshot_path, PowerProfiles};
+use crate::run_dir::{append_line, remove_leftovers, set_aside_stale_logs, trim_stats};
+pub use crate::run_dir::{ESTIMATED_CURVE_FILE, EVAL_FILE, STATS_FILE};
 use crate::schedule::{AdaptiveSchedule, BinStats, OptimalWeight};
 use crate::state::{latest_state, load_state, save_state, state_path, StateMeta, StateTensors};
 
@@ -900,26 +902,6 @@ struct TickAcc {
     grad_norm: f64,
 }
 
-fn append_line(path: &Path, line: &str) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    writeln!(f, "{line}").with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
-
-/// The file a curve estimated at start (`[optimal_loss.estimate]`) is written to.
-pub const ESTIMATED_CURVE_FILE: &str = "optimal-loss-curve.json";
-
-/// The per-tick loss statistics of a run.
-pub const STATS_FILE: &str = "stats.jsonl";
-
-/// The evaluator's lines (`[eval] ticks`).
-pub const EVAL_FILE: &str = "eval.jsonl";
-
 /// The optimal-loss curve of `dataset` (loaded from `data`) with the budget `est`,
 /// recording the data's x-flip and limit so that [`crate::curve_match`] can check it.
 /// The exact estimator runs on `device`; the others on the CPU.
@@ -949,35 +931,6 @@ pub fn estimate_training_curve(
     curve.dataset.xflip = data.xflip;
     curve.dataset.limit = data.limit;
     Ok(curve)
-}
-
-/// Keeps the lines of `stats.jsonl` logged at or before `nimg` images, and drops the
-/// rest: ticks logged after the state a run resumes from (the process was stopped
-/// before its next state), and a last line cut short by a kill. Returns how many
-/// lines were dropped; rewrites the file atomically only if there were any.
-fn trim_stats(path: &Path, nimg: u64) -> Result<usize> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
-    };
-    let keep_line = |line: &str| {
-        serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["kimg"].as_f64())
-            .is_some_and(|kimg| (kimg * 1000.0).round() as u64 <= nimg)
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let kept: Vec<&str> = lines.iter().copied().filter(|l| keep_line(l)).collect();
-    let dropped = lines.len() - kept.len();
-    if dropped > 0 {
-        let mut out = kept.join("\n");
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        crate::state::write_atomic(path, out.as_bytes())?;
-    }
-    Ok(dropped)
 }
 
 /// Loads the dataset of a config (`[data]`: spec, limit, xflip).
@@ -1050,12 +1003,7 @@ pub fn train_with_dataset(
     );
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
-    for p in lossfloor_core::fs::remove_leftover_temporaries(run_dir)? {
-        eprintln!(
-            "{}: removed, a temporary file left by an interrupted write",
-            p.display()
-        );
-    }
+    remove_leftovers(run_dir)?;
     crate::state::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
     match from {
         Some(p) => {
@@ -1075,24 +1023,4 @@ pub fn train_with_dataset(
     }
     t.run()?;
     Ok(t)
-}
-
-/// A fresh start owns its logs: lines left by an earlier start that wrote no training
-/// state would otherwise be mixed with the new ones. Each such file is renamed to
-/// `NAME.stale` (replacing an older one) and the move is reported.
-fn set_aside_stale_logs(run_dir: &Path) -> Result<()> {
-    for name in [STATS_FILE, EVAL_FILE] {
-        let path = run_dir.join(name);
-        if path.is_file() {
-            let to = run_dir.join(format!("{name}.stale"));
-            std::fs::rename(&path, &to)
-                .with_context(|| format!("{}: cannot move the stale log aside", path.display()))?;
-            eprintln!(
-                "{}: left by an earlier start without a training state; moved to {}",
-                path.display(),
-                to.display()
-            );
-        }
-    }
-    Ok(())
 }
