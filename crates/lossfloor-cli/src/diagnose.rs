@@ -283,6 +283,8 @@ pub struct Eval {
     pub sigma: Vec<f64>,
     pub jstar: Vec<Option<f64>>,
     pub jstar_se: Vec<Option<f64>>,
+    /// σ* of the run's curve, when the line records it.
+    pub sigma_star: Option<f64>,
     /// Training data, raw network.
     pub raw: LossSeries,
     /// Training data, EMA network.
@@ -383,6 +385,7 @@ pub fn parse_eval_line(line: &str, at: &dyn Fn() -> String) -> Result<Eval> {
         raw: series(&["train", "raw"], true)?.unwrap_or_default(),
         ema: series(&["train", "ema"], true)?.unwrap_or_default(),
         test_ema: series(&["test", "ema"], false)?,
+        sigma_star: opt_num(&v, "sigma_star", at)?,
         sigma,
         jstar,
         jstar_se,
@@ -1258,6 +1261,7 @@ mod tests {
             sigma: vec![0.01, 0.02, 1.0, 50.0],
             jstar: vec![Some(0.1), Some(0.2), Some(0.5), None],
             jstar_se: vec![Some(0.03), Some(0.05), Some(0.0), Some(0.1)],
+            sigma_star: None,
             raw: LossSeries {
                 loss: vec![Some(0.2), Some(0.4), Some(0.6), Some(1.0)],
                 se: vec![Some(0.04), Some(0.12), None, Some(0.1)],

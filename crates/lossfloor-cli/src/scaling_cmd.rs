@@ -11,6 +11,8 @@ use lossfloor_scaling::{
     frontier, Interval, LogLogFit, Point, Space,
 };
 use lossfloor_train::config::Config;
+
+use crate::diagnose::{read_eval, Eval};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
@@ -77,23 +79,12 @@ struct Series {
     runs: Vec<RunSeries>,
 }
 
-/// One line of a run's eval.jsonl.
-struct Evaluation {
-    kimg: f64,
-    /// The σ̂ grid (the curve's).
-    sigma: Vec<f64>,
-    /// J* on the grid.
-    jstar: Vec<f64>,
-    /// The chosen network's loss on the grid.
-    loss: Vec<f64>,
-}
-
 /// A run as read from its directory.
 struct Run {
     name: String,
     forward_macs: u64,
-    /// The evaluations, in order.
-    evals: Vec<Evaluation>,
+    /// The evaluations, in order (`diagnose`'s reader of eval.jsonl).
+    evals: Vec<Eval>,
     /// Per tick: (kimg, training loss).
     ticks: Vec<(f64, f64)>,
     config: Config,
@@ -116,7 +107,7 @@ pub fn run(args: ScalingArgs) -> Result<()> {
     let runs: Vec<Run> = args
         .runs
         .iter()
-        .map(|d| read_run(d, args.network))
+        .map(|d| read_run(d))
         .collect::<Result<_>>()?;
     let series = build_series(&runs, &args)?;
     let mut out = Vec::new();
@@ -164,7 +155,7 @@ pub fn run(args: ScalingArgs) -> Result<()> {
 }
 
 /// Reads a run's config, evaluations and ticks.
-fn read_run(dir: &Path, which: Which) -> Result<Run> {
+fn read_run(dir: &Path) -> Result<Run> {
     let cfg_path = dir.join("config.toml");
     if !cfg_path.is_file() {
         bail!("{}: not a run directory (no config.toml)", dir.display());
@@ -172,36 +163,7 @@ fn read_run(dir: &Path, which: Which) -> Result<Run> {
     let config = Config::load(&cfg_path, &[])?;
     let forward_macs = lossfloor_nets::flops::forward_macs(&config.effective_network().spec())
         .with_context(|| format!("{}: counting the network's FLOPs", cfg_path.display()))?;
-    let key = match which {
-        Which::Raw => "raw",
-        Which::Ema => "ema",
-    };
-    let mut evals = Vec::new();
-    for (k, v) in read_jsonl(&dir.join(lossfloor_train::train::EVAL_FILE))?
-        .into_iter()
-        .enumerate()
-    {
-        let nums =
-            |v: &Value| -> Option<Vec<f64>> { v.as_array()?.iter().map(Value::as_f64).collect() };
-        let (Some(kimg), Some(sigma), Some(jstar), Some(loss)) = (
-            v["kimg"].as_f64(),
-            nums(&v["sigma"]),
-            nums(&v["jstar"]),
-            nums(&v["train"][key]["loss"]),
-        ) else {
-            bail!(
-                "{}: line {} lacks kimg, sigma, jstar or train.{key}.loss",
-                dir.join(lossfloor_train::train::EVAL_FILE).display(),
-                k + 1
-            );
-        };
-        evals.push(Evaluation {
-            kimg,
-            sigma,
-            jstar,
-            loss,
-        });
-    }
+    let evals = read_eval(&dir.join(lossfloor_train::train::EVAL_FILE))?;
     let ticks = read_jsonl(&dir.join(lossfloor_train::train::STATS_FILE))?
         .into_iter()
         .filter_map(|v| Some((v["kimg"].as_f64()?, v["loss"].as_f64()?)))
@@ -261,8 +223,13 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
             }
         }
         let jstar = &first.evals[0].jstar;
-        let sigma_star = lossfloor_optimal_sigma_star(grid, jstar);
         let wanted: Vec<f64> = if args.sigmas.is_empty() {
+            let sigma_star = first.evals[0].sigma_star.with_context(|| {
+                format!(
+                    "{}: its evaluations record no σ*; pass --sigmas",
+                    first.name
+                )
+            })?;
             [0.25, 1.0, 4.0, 16.0]
                 .iter()
                 .map(|m| m * sigma_star)
@@ -285,10 +252,13 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
         idx.sort_unstable();
         idx.dedup();
         for i in idx {
+            let jstar = jstar[i].with_context(|| {
+                format!("{}: no J* at σ̂ {} in its evaluations", first.name, grid[i])
+            })?;
             out.push(Series {
                 label: format!("sigma {:.3}", grid[i]),
                 sigma: Some(grid[i]),
-                jstar: jstar[i],
+                jstar,
                 runs: with_evals
                     .iter()
                     .map(|r| RunSeries {
@@ -296,9 +266,15 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
                         points: r
                             .evals
                             .iter()
-                            .map(|e| Point {
-                                flops: flops(r, e.kimg),
-                                loss: e.loss[i],
+                            .filter_map(|e| {
+                                let series = match args.network {
+                                    Which::Raw => &e.raw,
+                                    Which::Ema => &e.ema,
+                                };
+                                Some(Point {
+                                    flops: flops(r, e.kimg),
+                                    loss: series.loss[i]?,
+                                })
                             })
                             .collect(),
                     })
@@ -352,16 +328,6 @@ fn build_series(runs: &[Run], args: &ScalingArgs) -> Result<Vec<Series>> {
         });
     }
     Ok(out)
-}
-
-/// σ*: the largest grid σ̂ with J* ≤ 1% of its large-σ̂ value (the curve's last point).
-fn lossfloor_optimal_sigma_star(grid: &[f64], jstar: &[f64]) -> f64 {
-    let top = jstar.last().copied().unwrap_or(0.0);
-    grid.iter()
-        .zip(jstar)
-        .filter(|(_, j)| **j <= 0.01 * top)
-        .map(|(s, _)| *s)
-        .fold(grid[0], f64::max)
 }
 
 /// A fit and its intervals as JSON.

@@ -356,11 +356,7 @@ fn estimate_run_curve(
         );
     };
     let params = est.params()?;
-    let device = if params.method == lossfloor_optimal::Method::Exact {
-        device.clone()
-    } else {
-        Device::Cpu
-    };
+    let device = crate::train::estimator_device(params.method, device);
     eprintln!(
         "estimating the class-conditional optimal-loss curve: {} on {} images...",
         params.method,

@@ -902,6 +902,16 @@ struct TickAcc {
     grad_norm: f64,
 }
 
+/// Where a curve estimated at start runs: the exact estimator on the training device, the
+/// others (written for the CPU) on the CPU.
+pub fn estimator_device(method: lossfloor_optimal::Method, device: &Device) -> Device {
+    if method == lossfloor_optimal::Method::Exact {
+        device.clone()
+    } else {
+        Device::Cpu
+    }
+}
+
 /// The optimal-loss curve of `dataset` (loaded from `data`) with the budget `est`,
 /// recording the data's x-flip and limit so that [`crate::curve_match`] can check it.
 /// The exact estimator runs on `device`; the others on the CPU.
@@ -913,11 +923,7 @@ pub fn estimate_training_curve(
 ) -> Result<Curve> {
     let params = est.params()?;
     let sigmas = est.sigmas();
-    let device = if params.method == lossfloor_optimal::Method::Exact {
-        device.clone()
-    } else {
-        Device::Cpu
-    };
+    let device = estimator_device(params.method, device);
     eprintln!(
         "estimating the optimal-loss curve: {} on {} images, {} queries x {} sigmas...",
         params.method,
