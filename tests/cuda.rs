@@ -103,6 +103,7 @@ fn exact_estimator_agrees_across_chunks() {
     let cpu = estimate_exact(&data, &sigmas, 600, 5, &|_| {});
     for fused in [true, false] {
         let dev = lossfloor_optimal::estimate_exact_on_device_tiled(
+            &lossfloor_comm::SingleProcess,
             &data,
             &sigmas,
             600,

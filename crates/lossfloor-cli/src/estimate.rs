@@ -6,11 +6,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lossfloor_comm::Communicator;
 use lossfloor_core::fs::StagedOutputs;
 use lossfloor_data::{load, DataSpec};
 use lossfloor_optimal::{
-    conditional_query_total, estimate_conditional_on, estimate_on, write_atomic, EstimateParams,
-    Method, PerClassCurves,
+    conditional_query_total, estimate_conditional_ranks, estimate_ranks, write_atomic,
+    EstimateParams, Method, PerClassCurves,
 };
 
 use crate::plot::{check_font, plot_curves};
@@ -161,7 +162,11 @@ pub fn check_queries_memory(method: Method, queries: usize, n_sigmas: usize) -> 
     .map_err(|m| anyhow::anyhow!("{m}"))
 }
 
-pub fn run(args: EstimateArgs) -> Result<()> {
+///
+/// Under `mpirun -np N` the queries (exact) or batches (subset methods) are shared between
+/// the ranks and the result is bit for bit one process's; rank 0 writes the outputs.
+pub fn run(args: EstimateArgs, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
+    let writer = comm.rank() == 0;
     let method: Method = args.method.parse()?;
     let sigmas = parse_sigmas(&args.sigmas)?;
     check_output_path(&args.out, "--out")?;
@@ -196,14 +201,21 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         data = data.take_first(n);
     }
     data = data.with_xflip(args.xflip);
-    eprintln!(
-        "loaded {} ({} images of {}, {} rows) in {:.1}s",
-        spec,
-        data.base_len(),
-        data.shape(),
-        data.len(),
-        t0.elapsed().as_secs_f64()
-    );
+    if writer {
+        eprintln!(
+            "loaded {} ({} images of {}, {} rows) in {:.1}s{}",
+            spec,
+            data.base_len(),
+            data.shape(),
+            data.len(),
+            t0.elapsed().as_secs_f64(),
+            if comm.size() > 1 {
+                format!("; the queries are shared by {}", comm.describe())
+            } else {
+                String::new()
+            }
+        );
+    }
 
     let params = EstimateParams {
         method,
@@ -224,7 +236,14 @@ pub fn run(args: EstimateArgs) -> Result<()> {
         (Some(l), _) => conditional_query_total(l, args.queries) as u64,
         (None, _) => args.queries as u64,
     };
-    let bar = ProgressBar::new(total).with_style(
+    // Each rank counts its own share; rank 0's bar stands for all.
+    let total = total.div_ceil(comm.size() as u64);
+    let bar = if writer {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    let bar = bar.with_style(
         ProgressStyle::with_template(
             "{msg} [{bar:40}] {pos}/{len} queries, {elapsed_precise} elapsed, ETA {eta}",
         )
@@ -236,7 +255,8 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     let progress = |k: usize| bar.inc(k as u64);
     let (mut curve, per_class) = match &labels {
         Some(labels) => {
-            let (curve, per_class) = estimate_conditional_on(
+            let (curve, per_class) = estimate_conditional_ranks(
+                comm.as_ref(),
                 &device,
                 &data,
                 labels,
@@ -248,7 +268,8 @@ pub fn run(args: EstimateArgs) -> Result<()> {
             (curve, Some(per_class))
         }
         None => (
-            estimate_on(
+            estimate_ranks(
+                comm.as_ref(),
                 &device,
                 &data,
                 &spec.to_string(),
@@ -263,6 +284,9 @@ pub fn run(args: EstimateArgs) -> Result<()> {
     curve.dataset.xflip = args.xflip;
     curve.dataset.limit = args.limit;
     bar.finish_and_clear();
+    if !writer {
+        return Ok(());
+    }
     eprintln!(
         "estimated {} points in {:.2}s",
         curve.points.len(),

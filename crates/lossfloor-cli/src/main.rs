@@ -15,6 +15,9 @@ mod study_report;
 mod weights_cmd;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use lossfloor_comm::Communicator;
 
 use clap::{Parser, Subcommand};
 
@@ -64,12 +67,26 @@ fn main() -> ExitCode {
     // lossfloor_ops::alloc).
     lossfloor_ops::keep_freed_memory();
     let cli = Cli::parse();
+    // One process, or one rank of an MPI job (mpirun / srun): see lossfloor_comm.
+    let comm = match lossfloor_comm::init() {
+        Ok(comm) => comm,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    share_cores_between_local_ranks(comm.as_ref());
+    let world = comm.size();
+    let rank = comm.rank();
     let result = match cli.command {
-        Command::Estimate(args) => estimate::run(args),
+        Command::Estimate(args) => estimate::run(args, Arc::clone(&comm)),
+        Command::Train(args) => lossfloor_train::run_train(args, Arc::clone(&comm)),
+        _ if world > 1 => Err(anyhow::anyhow!(
+            "only `train` and `estimate` run on several ranks; run this command without mpirun"
+        )),
         Command::Curve(args) => curve_cmd::run_curve(args),
         Command::Plot(args) => curve_cmd::run_plot(args),
         Command::Fid(args) => fid_cmd::run(args),
-        Command::Train(args) => lossfloor_train::run_train(args),
         Command::Sample(args) => sample::run(args),
         Command::Diagnose(args) => diagnose::run(args),
         Command::Study(args) => study::run(args),
@@ -81,15 +98,40 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // On several ranks every line names the rank it comes from.
+            let who = if world > 1 {
+                format!(" (rank {rank} of {world})")
+            } else {
+                String::new()
+            };
+            // One write for the whole message, so that the ranks' messages do not mix.
+            let mut text = String::new();
             for (k, line) in error_lines(&err).iter().enumerate() {
                 if k == 0 {
-                    eprintln!("error: {line}");
+                    text.push_str(&format!("error{who}: {line}\n"));
                 } else {
-                    eprintln!("  caused by: {line}");
+                    text.push_str(&format!("  caused by: {line}\n"));
                 }
+            }
+            eprint!("{text}");
+            if world > 1 {
+                // The other ranks may be waiting for this one in a collective: end them all.
+                comm.abort(1);
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// With several ranks on one machine, each rank's thread pools take an equal share of the
+/// cores (unless `RAYON_NUM_THREADS` says otherwise): N ranks × all cores would oversubscribe
+/// the machine N times over.
+fn share_cores_between_local_ranks(comm: &dyn Communicator) {
+    let local = comm.local_size();
+    if local > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Before any thread pool exists: candle and rayon read it when they first start.
+        std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
     }
 }
 

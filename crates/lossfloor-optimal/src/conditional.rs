@@ -152,6 +152,31 @@ pub fn estimate_conditional_on(
     params: &EstimateParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<(Curve, Vec<ClassCurve>), EstimateError> {
+    estimate_conditional_ranks(
+        &lossfloor_comm::SingleProcess,
+        device,
+        data,
+        labels,
+        dataset_spec,
+        sigmas,
+        params,
+        progress,
+    )
+}
+
+/// [`estimate_conditional_on`] with each class's work shared between the ranks of `comm`
+/// (see [`crate::estimate_ranks`]): bit for bit one process's curves.
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_conditional_ranks(
+    comm: &dyn lossfloor_comm::Communicator,
+    device: &candle_core::Device,
+    data: &dyn RowSource,
+    labels: &[u32],
+    dataset_spec: &str,
+    sigmas: &[f64],
+    params: &EstimateParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<(Curve, Vec<ClassCurve>), EstimateError> {
     crate::check_method_device(params.method, device)?;
     let n = data.num_rows();
     if labels.len() != n {
@@ -175,7 +200,7 @@ pub fn estimate_conditional_on(
         } else {
             let p = class_params(params, k, *label, n_c, n)?;
             let rows = gather(data, rows);
-            crate::estimate_on(device, &rows, &class_spec, &sorted, &p, progress)?
+            crate::estimate_ranks(comm, device, &rows, &class_spec, &sorted, &p, progress)?
         };
         per_class.push(ClassCurve {
             label: *label,

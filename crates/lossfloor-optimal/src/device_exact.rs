@@ -127,13 +127,36 @@ pub fn estimate_exact_on_device(
     device: &Device,
     progress: &(dyn Fn(usize) + Sync),
 ) -> CandleResult<Vec<MeanStderr>> {
+    estimate_exact_on_device_ranks(
+        &lossfloor_comm::SingleProcess,
+        data,
+        sigmas,
+        queries,
+        seed,
+        device,
+        progress,
+    )
+}
+
+/// [`estimate_exact_on_device`] with the query tiles shared between the ranks of `comm`
+/// (each rank on its own GPU), gathered in tile order: one process's result bit for bit on
+/// the same kind of device.
+pub fn estimate_exact_on_device_ranks(
+    comm: &dyn lossfloor_comm::Communicator,
+    data: &dyn RowSource,
+    sigmas: &[f64],
+    queries: usize,
+    seed: u64,
+    device: &Device,
+    progress: &(dyn Fn(usize) + Sync),
+) -> CandleResult<Vec<MeanStderr>> {
     let tile = DEVICE_QUERY_TILE.min(queries.max(1));
     let chunk_rows = (BLOCK_ELEMENTS / tile).max(1024);
     // The op has a CUDA kernel only in builds with this crate's `cuda` feature.
     let fused =
         crate::chunk_softmax::fused_enabled() && (device.is_cpu() || cfg!(feature = "cuda"));
     estimate_exact_on_device_tiled(
-        data, sigmas, queries, seed, device, tile, chunk_rows, fused, progress,
+        comm, data, sigmas, queries, seed, device, tile, chunk_rows, fused, progress,
     )
 }
 
@@ -143,6 +166,7 @@ pub fn estimate_exact_on_device(
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn estimate_exact_on_device_tiled(
+    comm: &dyn lossfloor_comm::Communicator,
     data: &dyn RowSource,
     sigmas: &[f64],
     queries: usize,
@@ -157,17 +181,29 @@ pub fn estimate_exact_on_device_tiled(
     let tile = tile.max(1);
     let chunk_rows = chunk_rows.clamp(1, n.max(1));
     let resident = DeviceData::upload(data, device, chunk_rows)?;
-    let mut values = vec![Vec::with_capacity(queries); sigmas.len()];
-    for start in (0..queries).step_by(tile) {
-        let t = tile.min(queries - start);
+    let starts: Vec<usize> = (0..queries).step_by(tile).collect();
+    let len = |i: usize| tile.min(queries - starts[i]);
+    let mut local = Vec::new();
+    for i in lossfloor_comm::contiguous_share(starts.len(), comm.rank(), comm.size()) {
+        let (start, t) = (starts[i], len(i));
         let (src, noise) = draw_queries(data, &resident.mean, seed, start, t);
         let src = Tensor::from_vec(src, (t, d), device)?;
         let noise = Tensor::from_vec(noise, (t, d), device)?;
         let per_sigma = tile_variances(&resident, &src, &noise, sigmas, fused)?;
-        for (k, v) in per_sigma.into_iter().enumerate() {
-            values[k].extend(v);
-        }
+        local.push(per_sigma.concat());
         progress(t);
+    }
+    let all =
+        lossfloor_comm::gather_in_rank_order(comm, &local, starts.len(), |i| sigmas.len() * len(i))
+            .map_err(|e| {
+                candle_core::Error::Msg(format!("sharing the tiles between ranks: {e}"))
+            })?;
+    let mut values = vec![Vec::with_capacity(queries); sigmas.len()];
+    for (i, terms) in all.iter().enumerate() {
+        let t = len(i);
+        for (k, out) in values.iter_mut().enumerate() {
+            out.extend_from_slice(&terms[k * t..(k + 1) * t]);
+        }
     }
     Ok(values.iter().map(|v| mean_stderr(v)).collect())
 }

@@ -41,6 +41,8 @@ pub enum EstimateError {
         n_c: usize,
         method: Method,
     },
+    #[error("sharing the work between ranks failed: {0}")]
+    Ranks(String),
     #[error("--conditional: {labels} labels for {rows} rows; expected one label per row")]
     LabelCount { labels: usize, rows: usize },
 }

@@ -1,8 +1,10 @@
 //! The full-dataset estimator (the paper's Eqs. 7 and 9).
 
+use lossfloor_comm::{contiguous_share, gather_in_rank_order, Communicator, SingleProcess};
 use rayon::prelude::*;
 
 use crate::draws::{fill_normal, rng_for, Stream};
+use crate::error::EstimateError;
 use crate::kernel::{posterior_moments, QueryTile, SourceTerm};
 use crate::source::RowSource;
 use crate::stats::{mean_stderr, MeanStderr};
@@ -59,10 +61,28 @@ pub fn estimate_exact(
     seed: u64,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
+    estimate_exact_ranks(&SingleProcess, data, sigmas, queries, seed, progress)
+        .expect("one process gathers nothing")
+}
+
+/// [`estimate_exact`] with the query tiles shared between the ranks of `comm`: each rank
+/// computes a contiguous run of tiles (every rank holds the whole dataset, since every
+/// query's posterior runs over all N rows), and the per-query terms are gathered in tile
+/// order. A tile's terms do not depend on which rank computes it, so the result is bit for
+/// bit one process's.
+pub fn estimate_exact_ranks(
+    comm: &dyn Communicator,
+    data: &dyn RowSource,
+    sigmas: &[f64],
+    queries: usize,
+    seed: u64,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<MeanStderr>, EstimateError> {
     let d = data.row_dim();
     let mean = crate::source::row_mean_f32(data);
     let tiles = crate::kernel::tiles(queries, QUERY_TILE);
-    let per_tile: Vec<Vec<f64>> = tiles
+    let mine = contiguous_share(tiles.len(), comm.rank(), comm.size());
+    let local: Vec<Vec<f64>> = tiles[mine]
         .par_iter()
         .map(|&(start, t)| {
             let (src, noise) = draw_queries(data, &mean, seed, start, t);
@@ -82,7 +102,9 @@ pub fn estimate_exact(
                 .collect()
         })
         .collect();
-    (0..sigmas.len())
+    let per_tile = gather_in_rank_order(comm, &local, tiles.len(), |i| sigmas.len() * tiles[i].1)
+        .map_err(|e| EstimateError::Ranks(e.to_string()))?;
+    Ok((0..sigmas.len())
         .map(|k| {
             let values: Vec<f64> = tiles
                 .iter()
@@ -91,5 +113,5 @@ pub fn estimate_exact(
                 .collect();
             mean_stderr(&values)
         })
-        .collect()
+        .collect())
 }

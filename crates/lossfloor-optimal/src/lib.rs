@@ -28,21 +28,22 @@ mod subset;
 
 pub use conditional::{
     class_query_count, class_rows, class_seed, class_weighted_floor, conditional_query_total,
-    estimate_conditional_on, ClassCurve, PerClassCurves,
+    estimate_conditional_on, estimate_conditional_ranks, ClassCurve, PerClassCurves,
 };
 pub use curve::{Curve, CurveError, CurvePoint, DatasetInfo};
 pub use device_exact::{
-    estimate_exact_on_device, estimate_exact_on_device_tiled, DEVICE_QUERY_TILE,
+    estimate_exact_on_device, estimate_exact_on_device_ranks, estimate_exact_on_device_tiled,
+    DEVICE_QUERY_TILE,
 };
 pub use error::EstimateError;
-pub use exact::{estimate_exact, exact_query};
+pub use exact::{estimate_exact, estimate_exact_ranks, exact_query};
 pub use gaussian::{covariance_eigenvalues, gaussian_optimal_loss};
 pub use kernel::{posterior_moments, QueryTile, SourceTerm};
 pub use lossfloor_core::fs::write_atomic;
 pub use method::{default_c, default_subset, EstimateParams, Method};
 pub use source::{per_dim_variance, row_mean, DenseRows, RowSource};
 pub use stats::{mean_stderr, MeanStderr};
-pub use subset::{estimate_subset, SubsetRule};
+pub use subset::{estimate_subset, estimate_subset_ranks, SubsetRule};
 
 /// Estimates J*(σ̂) at each σ̂ of `sigmas` with the chosen method and returns the curve.
 ///
@@ -88,6 +89,31 @@ pub fn estimate_on(
     params: &EstimateParams,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Curve, EstimateError> {
+    estimate_ranks(
+        &lossfloor_comm::SingleProcess,
+        device,
+        data,
+        dataset_spec,
+        sigmas,
+        params,
+        progress,
+    )
+}
+
+/// [`estimate_on`] with the work shared between the ranks of `comm` (`mpirun -np N
+/// lossfloor estimate`): the query tiles of `exact` and the batches of the subset methods
+/// are split into contiguous runs, one per rank, and the per-query terms gathered in order,
+/// so the curve is bit for bit one process's. Every rank holds the whole dataset: each
+/// query's posterior runs over all its rows. `gaussian` runs whole on every rank.
+pub fn estimate_ranks(
+    comm: &dyn lossfloor_comm::Communicator,
+    device: &candle_core::Device,
+    data: &dyn RowSource,
+    dataset_spec: &str,
+    sigmas: &[f64],
+    params: &EstimateParams,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Curve, EstimateError> {
     check_method_device(params.method, device)?;
     let n = data.num_rows();
     let (subset, c) = params.resolve(n, sigmas)?;
@@ -100,10 +126,11 @@ pub fn estimate_on(
             meta.insert("queries".into(), params.queries.into());
             meta.insert("seed".into(), params.seed.into());
             if device.is_cpu() {
-                estimate_exact(data, &sorted, params.queries, params.seed, progress)
+                estimate_exact_ranks(comm, data, &sorted, params.queries, params.seed, progress)?
             } else {
                 meta.insert("device".into(), format!("{:?}", device.location()).into());
-                estimate_exact_on_device(
+                estimate_exact_on_device_ranks(
+                    comm,
                     data,
                     &sorted,
                     params.queries,
@@ -129,7 +156,8 @@ pub fn estimate_on(
                 meta.insert("c".into(), serde_json::Value::from(c));
             }
             meta.insert("seed".into(), params.seed.into());
-            estimate_subset(
+            estimate_subset_ranks(
+                comm,
                 data,
                 &sorted,
                 params.queries,
@@ -137,7 +165,7 @@ pub fn estimate_on(
                 rule,
                 params.seed,
                 progress,
-            )
+            )?
         }
         Method::Gaussian => {
             let eig = covariance_eigenvalues(data).map_err(EstimateError::Eigen)?;

@@ -5,9 +5,11 @@
 //! own source plus the batch's other members, uniform without replacement — exactly the
 //! subset of Eq. 10. The estimators differ only in how the query's own source is weighted.
 
+use lossfloor_comm::{contiguous_share, gather_in_rank_order, Communicator, SingleProcess};
 use rayon::prelude::*;
 
 use crate::draws::{fill_normal, rng_for, Stream};
+use crate::error::EstimateError;
 use crate::kernel::{posterior_moments, QueryTile, SourceTerm};
 use crate::source::{DenseRows, RowSource};
 use crate::stats::{mean_stderr, MeanStderr};
@@ -63,13 +65,41 @@ pub fn estimate_subset(
     seed: u64,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Vec<MeanStderr> {
+    estimate_subset_ranks(
+        &SingleProcess,
+        data,
+        sigmas,
+        queries,
+        subset,
+        rule,
+        seed,
+        progress,
+    )
+    .expect("one process gathers nothing")
+}
+
+/// [`estimate_subset`] with the batches shared between the ranks of `comm` (contiguous runs
+/// of batches; each batch's rows and noises come from its own streams) and the per-query
+/// terms gathered in batch order: bit for bit one process's result.
+#[allow(clippy::too_many_arguments)]
+pub fn estimate_subset_ranks(
+    comm: &dyn Communicator,
+    data: &dyn RowSource,
+    sigmas: &[f64],
+    queries: usize,
+    subset: usize,
+    rule: SubsetRule,
+    seed: u64,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<MeanStderr>, EstimateError> {
     let (n, d) = (data.num_rows(), data.row_dim());
     let mean = crate::source::row_mean_f32(data);
     let batch_rows = rule.batch_rows(subset);
     let batches = queries.div_ceil(batch_rows);
-    let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(queries); sigmas.len()];
+    let in_batch = |b: usize| batch_rows.min(queries - b * batch_rows);
+    let mut local: Vec<Vec<f64>> = Vec::new();
     let mut scratch = Vec::new();
-    for b in 0..batches {
+    for b in contiguous_share(batches, comm.rank(), comm.size()) {
         let mut rng = rng_for(seed, Stream::SubsetBatch, b as u64, 0);
         let members = rand::seq::index::sample(&mut rng, n, batch_rows).into_vec();
         let mut rows = Vec::with_capacity(batch_rows * d);
@@ -78,8 +108,7 @@ pub fn estimate_subset(
             rows.extend(row.iter().zip(&mean).map(|(&v, &c)| v - c));
         }
         let batch = DenseRows::new(rows, d);
-        let in_batch = batch_rows.min(queries - b * batch_rows);
-        let tiles = crate::kernel::tiles(in_batch, QUERY_TILE);
+        let tiles = crate::kernel::tiles(in_batch(b), QUERY_TILE);
         let per_tile: Vec<Vec<f64>> = tiles
             .par_iter()
             .map(|&(start, t)| {
@@ -106,11 +135,23 @@ pub fn estimate_subset(
                     .collect()
             })
             .collect();
-        for (k, out) in values.iter_mut().enumerate() {
+        // This batch's terms, σ̂-major: [k][query].
+        let mut terms = Vec::with_capacity(sigmas.len() * in_batch(b));
+        for k in 0..sigmas.len() {
             for (&(_, t), v) in tiles.iter().zip(&per_tile) {
-                out.extend_from_slice(&v[k * t..(k + 1) * t]);
+                terms.extend_from_slice(&v[k * t..(k + 1) * t]);
             }
         }
+        local.push(terms);
     }
-    values.iter().map(|v| mean_stderr(v)).collect()
+    let all = gather_in_rank_order(comm, &local, batches, |b| sigmas.len() * in_batch(b))
+        .map_err(|e| EstimateError::Ranks(e.to_string()))?;
+    let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(queries); sigmas.len()];
+    for (b, terms) in all.iter().enumerate() {
+        let m = in_batch(b);
+        for (k, out) in values.iter_mut().enumerate() {
+            out.extend_from_slice(&terms[k * m..(k + 1) * m]);
+        }
+    }
+    Ok(values.iter().map(|v| mean_stderr(v)).collect())
 }

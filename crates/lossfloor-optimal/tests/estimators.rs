@@ -96,6 +96,7 @@ fn device_exact_matches_float64_brute_force() {
     // running maximum is rescaled across chunks.
     for fused in [true, false] {
         let got = estimate_exact_on_device_tiled(
+            &lossfloor_comm::SingleProcess,
             &data,
             &sigmas,
             300,

@@ -546,6 +546,13 @@ pub struct TrainConfig {
     /// Bins in ln σ̂ over [ln 0.002, ln 80] of the per-tick loss statistics.
     #[serde(default = "d_stat_bins")]
     pub stat_bins: usize,
+    /// On several ranks, compare a checksum of the weights across ranks every this many
+    /// ticks and stop if any rank differs; 0 = only at the end. No effect on one process.
+    #[serde(default = "d_check_ticks")]
+    pub check_ticks: u64,
+}
+fn d_check_ticks() -> u64 {
+    1
 }
 fn d_batch() -> usize {
     512
@@ -581,6 +588,7 @@ impl Default for TrainConfig {
             dropout: None,
             device: d_device(),
             stat_bins: d_stat_bins(),
+            check_ticks: d_check_ticks(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`ema`]: EDM's EMA with half-life ramp-up, and EDM2's power-function EMA;
 //! - [`posthoc_ema`]: EDM2's post-hoc EMA: tracked profiles and their reconstruction;
 //! - [`eval_gap`]: the evaluator: per-σ̂ loss on fixed queries without dropout, and its gap to J*;
+//! - [`data_parallel`]: several ranks: each one's share of a step, summed gradients, checks;
 //! - [`curve_match`]: a curve must describe the training data;
 //! - [`floor_mix`]: the floor of a labelled run (conditional curve, label-dropout mixture);
 //! - [`effective_weight`]: q(ln σ̂)·w(σ̂), the weight a recipe gives each noise level;
@@ -19,6 +20,7 @@ pub mod adam;
 pub mod augment_step;
 pub mod config;
 pub mod curve_match;
+pub mod data_parallel;
 pub mod effective_weight;
 pub mod ema;
 pub mod eval_gap;
@@ -30,9 +32,12 @@ pub mod state;
 pub mod train;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use lossfloor_comm::Communicator;
 
 pub use config::Config;
-pub use train::{load_dataset, train_with_dataset, Resume, Trainer};
+pub use train::{load_dataset, train_with_dataset, train_with_dataset_in, Resume, Trainer};
 
 /// Arguments of `lossfloor train`.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,8 +61,9 @@ pub struct TrainArgs {
     pub device: Option<String>,
 }
 
-/// `lossfloor train`: loads the config and the data, then trains (or resumes).
-pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+/// `lossfloor train`: loads the config and the data, then trains (or resumes), as one rank
+/// of `comm` (one process: `lossfloor_comm::SingleProcess`).
+pub fn run_train(args: TrainArgs, comm: Arc<dyn Communicator>) -> anyhow::Result<()> {
     let mut set = args.set.clone();
     if let Some(device) = &args.device {
         set.push(format!("train.device={device:?}"));
@@ -79,5 +85,5 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let dataset = load_dataset(&cfg)?;
     // A progress bar on a terminal; plain tick lines otherwise (logs, nohup, CI).
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    train_with_dataset(cfg, dataset, &run_dir, &resume, progress).map(|_| ())
+    train_with_dataset_in(cfg, dataset, &run_dir, &resume, progress, comm).map(|_| ())
 }

@@ -12,8 +12,13 @@
 //! that is stopped at a training state and resumed therefore repeats exactly what the
 //! uninterrupted run would have done, bit for bit. With `[augment] p > 0` the clean images
 //! of a round go through EDM's augmentation pipe first ([`crate::augment_step`]).
+//!
+//! On several ranks (`mpirun`), each rank computes its share of the rounds and the ranks
+//! sum their gradients before the one optimizer step ([`crate::data_parallel`]); rank 0
+//! alone writes the run directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,6 +26,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use lossfloor_augment::LABEL_DIM;
+use lossfloor_comm::{Communicator, SingleProcess};
 use lossfloor_core::Process;
 use lossfloor_data::Dataset;
 use lossfloor_nets::checkpoint::{save_network, varmap_tensors, NetworkSpec, PrecondSpec};
@@ -36,6 +42,10 @@ use crate::adam::{clip_global_norm, global_norm, learning_rate, nan_to_num, Adam
 use crate::augment_step::augment_round;
 use crate::config::{
     Config, CurveEstimateConfig, EmaKind, GapSource, LossWeight, NetworkConfig, ScheduleKind,
+};
+use crate::data_parallel::{
+    check_same_config, check_same_resume, check_same_weights, rank_device, GradientReducer,
+    RankPlan,
 };
 use crate::ema::{ema_beta, Ema};
 use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
@@ -90,7 +100,8 @@ enum Weight {
     Optimal(OptimalWeight),
 }
 
-/// Per-round outputs for statistics.
+/// Per-image outputs of rounds, for statistics.
+#[derive(Default)]
 struct RoundStats {
     sigmas: Vec<f64>,
     weights: Vec<f64>,
@@ -128,12 +139,31 @@ pub struct Trainer {
     perm: (u64, Vec<u32>),
     /// Show a progress bar (on by default; off in tests).
     pub progress: bool,
+    /// The ranks this run trains on (one process: [`SingleProcess`]).
+    comm: Arc<dyn Communicator>,
+    /// This rank's rounds of each step.
+    plan: RankPlan,
+    /// How the ranks' gradients are summed.
+    reducer: GradientReducer,
 }
 
 impl Trainer {
     /// Sets up a fresh run on `dataset` (already loaded, with x-flip / limit applied).
     pub fn new(cfg: Config, dataset: Dataset, run_dir: PathBuf) -> Result<Self> {
-        let device = cfg.train.device()?;
+        Self::new_in(cfg, dataset, run_dir, Arc::new(SingleProcess))
+    }
+
+    /// [`Trainer::new`] as one rank of `comm`: every rank builds the same network from the
+    /// same seed; rank 0 alone writes the run directory.
+    pub fn new_in(
+        cfg: Config,
+        dataset: Dataset,
+        run_dir: PathBuf,
+        comm: Arc<dyn Communicator>,
+    ) -> Result<Self> {
+        let plan = RankPlan::new(&cfg, comm.rank(), comm.size())?;
+        check_same_config(comm.as_ref(), &cfg.to_toml()?, dataset.len())?;
+        let device = rank_device(&cfg, comm.as_ref())?;
         let net_cfg = cfg.effective_network();
         let (c, r) = net_cfg.input_shape();
         let shape = dataset.shape();
@@ -170,7 +200,16 @@ impl Trainer {
         };
         let process = cfg.precond.build()?;
         // The floor: the curve, or for a labelled run the label-dropout mixture (floor_mix).
-        let curve = crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?;
+        // Rank 0 estimates and writes a missing curve first; the other ranks then read it
+        // (or, without a shared file system, estimate their own).
+        let curve = if comm.rank() == 0 {
+            let curve = crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?;
+            comm.gather_u64(0)?;
+            curve
+        } else {
+            comm.gather_u64(0)?;
+            crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?
+        };
         let evaluator = RunEvaluator::new(
             curve.as_ref(),
             &cfg.eval,
@@ -193,6 +232,7 @@ impl Trainer {
             ScheduleKind::Native => None,
         };
         let perm = (0, epoch_permutation(cfg.train.seed, 0, dataset.len()));
+        let reducer = GradientReducer::new(&comm, &device)?;
         Ok(Self {
             cfg,
             device,
@@ -219,7 +259,15 @@ impl Trainer {
             elapsed_total: 0.0,
             perm,
             progress: true,
+            comm,
+            plan,
+            reducer,
         })
+    }
+
+    /// Whether this process writes the run directory and prints progress (rank 0).
+    pub fn is_writer(&self) -> bool {
+        self.comm.rank() == 0
     }
 
     /// Parameter names (sorted), in the order of every per-parameter list.
@@ -284,6 +332,7 @@ impl Trainer {
             c.train.tick_kimg = 1.0;
             c.train.snapshot_ticks = 0;
             c.train.state_ticks = 0;
+            c.train.check_ticks = 0;
             c.train.device = String::new();
             c.sample = Default::default();
             c
@@ -293,8 +342,8 @@ impl Trainer {
                 crate::config::config_differences(&comparable(&old), &comparable(&self.cfg))?;
             bail!(
                 "{}: the training state was made with a different config ({}; state vs now); \
-                 only train.duration_kimg, tick_kimg, snapshot_ticks, state_ticks, device and \
-                 [sample] may change on resume",
+                 only train.duration_kimg, tick_kimg, snapshot_ticks, state_ticks, check_ticks, \
+                 device and [sample] may change on resume",
                 path.display(),
                 diff.join(", ")
             );
@@ -353,7 +402,9 @@ impl Trainer {
         }
     }
 
-    /// Forward + backward of one round; returns the gradients (parameter order).
+    /// Forward + backward of global round `round` of the current step (`n` images); returns
+    /// the gradients (parameter order). Its images and random streams depend only on the
+    /// step and the global round, not on which rank computes it.
     fn round(&mut self, round: usize, n: usize) -> Result<(Vec<Tensor>, RoundStats)> {
         let dim = self.dataset.dim();
         let shape = self.dataset.shape();
@@ -467,33 +518,26 @@ impl Trainer {
     /// The gradients of round `round` of the current step (`batch_gpu` images), by parameter
     /// name, without updating anything: for tests and diagnostics of what each layer learns.
     pub fn round_gradients(&mut self, round: usize) -> Result<Vec<(String, Tensor)>> {
-        let (grads, _) = self.round(round, self.cfg.train.round_batch())?;
+        let (grads, _) = self.round(round, self.plan.round_batch)?;
         Ok(self.names.iter().cloned().zip(grads).collect())
     }
 
     /// One optimizer step (all rounds); returns per-image stats and the gradient norm.
     fn train_step(&mut self, bins: &mut BinStats, acc: &mut TickAcc) -> Result<()> {
         let batch = self.cfg.train.batch;
-        let rb = self.cfg.train.round_batch();
-        let rounds = batch / rb;
+        let plan = self.plan;
         let lr = learning_rate(&self.cfg.optimizer, self.nimg);
         let mut total: Option<Vec<Tensor>> = None;
         let dim = self.dataset.dim() as f64;
-        for r in 0..rounds {
-            let (g, st) = self.round(r, rb)?;
-            if let Some(q) = st.sq.iter().find(|q| !q.is_finite()) {
-                // Stop before the update: the weights, EMA and the states on disk stay
-                // those of the last good step.
-                let last = latest_state(&self.run_dir)?
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "none was written yet".into());
-                bail!(
-                    "non-finite loss ({q}) at step {} ({} images seen): training stopped; \
-                     the last good training state is {last} (resume it with --resume auto, \
-                     perhaps with a lower optimizer.lr or an optimizer.grad_clip)",
-                    self.step,
-                    self.nimg
-                );
+        let mut local = RoundStats::default();
+        for r in 0..plan.rounds {
+            let (g, st) = self.round(plan.global_round(r), plan.round_batch)?;
+            let bad = st.sq.iter().any(|q| !q.is_finite());
+            local.sigmas.extend(st.sigmas);
+            local.weights.extend(st.weights);
+            local.sq.extend(st.sq);
+            if bad {
+                break;
             }
             total = Some(match total {
                 None => g,
@@ -503,22 +547,54 @@ impl Trainer {
                     .map(|(a, b)| a + b)
                     .collect::<candle_core::Result<_>>()?,
             });
-            for ((s, w), q) in st.sigmas.iter().zip(&st.weights).zip(&st.sq) {
-                let per_dim = *q as f64 / dim;
-                bins.add(*s, per_dim);
-                acc.loss_sum += w * per_dim;
-                acc.x0_sum += per_dim;
-                acc.n += 1;
-                if let Some(a) = self.adaptive.as_mut() {
-                    a.observe(*s, per_dim);
-                }
+        }
+        // Every rank gets every image's statistics, in global image order, so that the
+        // bins, tick means and the adaptive schedule are those of one process.
+        let st = if self.comm.size() > 1 {
+            let t0 = Instant::now();
+            let sq: Vec<f64> = local.sq.iter().map(|&q| q as f64).collect();
+            let st = RoundStats {
+                sigmas: self.comm.gather_f64(&local.sigmas)?,
+                weights: self.comm.gather_f64(&local.weights)?,
+                sq: self
+                    .comm
+                    .gather_f64(&sq)?
+                    .iter()
+                    .map(|&q| q as f32)
+                    .collect(),
+            };
+            acc.comm_s += t0.elapsed().as_secs_f64();
+            st
+        } else {
+            local
+        };
+        if let Some(q) = st.sq.iter().find(|q| !q.is_finite()) {
+            // Stop before the update: the weights, EMA and the states on disk stay those
+            // of the last good step.
+            let last = latest_state(&self.run_dir)?
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none was written yet".into());
+            bail!(
+                "non-finite loss ({q}) at step {} ({} images seen): training stopped; \
+                 the last good training state is {last} (resume it with --resume auto, \
+                 perhaps with a lower optimizer.lr or an optimizer.grad_clip)",
+                self.step,
+                self.nimg
+            );
+        }
+        for ((s, w), q) in st.sigmas.iter().zip(&st.weights).zip(&st.sq) {
+            let per_dim = *q as f64 / dim;
+            bins.add(*s, per_dim);
+            acc.loss_sum += w * per_dim;
+            acc.x0_sum += per_dim;
+            acc.n += 1;
+            if let Some(a) = self.adaptive.as_mut() {
+                a.observe(*s, per_dim);
             }
         }
-        let mut grads = total
-            .unwrap_or_default()
-            .iter()
-            .map(nan_to_num)
-            .collect::<Result<Vec<_>>>()?;
+        let mut total = total.unwrap_or_default();
+        acc.comm_s += self.reducer.reduce_gradients(&mut total)?;
+        let mut grads = total.iter().map(nan_to_num).collect::<Result<Vec<_>>>()?;
         acc.grad_norm = match self.cfg.optimizer.grad_clip {
             Some(c) => clip_global_norm(&mut grads, c)?,
             None => global_norm(&grads)?,
@@ -763,6 +839,10 @@ impl Trainer {
             "images_per_s": imgs / secs.max(1e-9),
             "sec_per_kimg": secs / (imgs / 1000.0).max(1e-9),
             "elapsed_s": total,
+            "world_size": self.comm.size(),
+            // Seconds of the tick spent summing gradients and gathering statistics across
+            // ranks (0 on one process).
+            "comm_s": acc.comm_s,
             // Training compute so far: 3 × forward multiply-adds × images seen (one
             // multiply-add counted as one FLOP, as in the DiT paper; lossfloor_nets::flops).
             "train_flops": training_macs(self.net.forward_macs(), self.nimg),
@@ -773,11 +853,14 @@ impl Trainer {
 
     /// Trains until `duration_kimg`, writing ticks, snapshots and states into the run dir.
     pub fn run(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.run_dir)
-            .with_context(|| format!("{}: cannot create", self.run_dir.display()))?;
+        let writer = self.is_writer();
+        if writer {
+            std::fs::create_dir_all(&self.run_dir)
+                .with_context(|| format!("{}: cannot create", self.run_dir.display()))?;
+        }
         let total_nimg = (self.cfg.train.duration_kimg * 1000.0).round() as u64;
         let tick_nimg = ((self.cfg.train.tick_kimg * 1000.0).round() as u64).max(1);
-        let pb = if self.progress {
+        let pb = if self.progress && writer {
             let pb = ProgressBar::new(total_nimg);
             pb.set_style(
                 ProgressStyle::with_template(
@@ -811,7 +894,9 @@ impl Trainer {
                 "loss {:.4}",
                 line["loss"].as_f64().unwrap_or(f64::NAN)
             ));
-            append_line(&stats_path, &line.to_string())?;
+            if writer {
+                append_line(&stats_path, &line.to_string())?;
+            }
             // Mean gap loss − J* over the σ bins that have both (none without a curve).
             let gaps: Vec<f64> = line["bins"]
                 .as_array()
@@ -832,16 +917,19 @@ impl Trainer {
             );
             // Above the progress bar on a terminal; plain lines in logs (a hidden bar
             // swallows its println).
-            if self.progress {
+            if writer && self.progress {
                 pb.println(tick_line);
-            } else {
+            } else if writer {
                 eprintln!("{tick_line}");
             }
             self.cur_tick += 1;
             self.tick_start_nimg = self.nimg;
             let every = |k: u64| done || (k > 0 && self.cur_tick.is_multiple_of(k));
+            if every(self.cfg.train.check_ticks) {
+                check_same_weights(self.comm.as_ref(), &self.vars, &self.ema.tensors, self.step)?;
+            }
             // Unlike snapshots and states, evaluations are off entirely at 0.
-            if self.cfg.eval.ticks > 0 && every(self.cfg.eval.ticks) {
+            if writer && self.cfg.eval.ticks > 0 && every(self.cfg.eval.ticks) {
                 let line = self.write_eval()?;
                 let regions = &line["regions"]["ema"];
                 let text = ["below", "around", "above"]
@@ -871,14 +959,14 @@ impl Trainer {
                     eprintln!("{msg}");
                 }
             }
-            if every(self.cfg.train.snapshot_ticks) {
+            if writer && every(self.cfg.train.snapshot_ticks) {
                 self.save_snapshot()?;
             }
             let k = self.cfg.sample.every_ticks;
-            if k > 0 && (done || self.cur_tick.is_multiple_of(k)) {
+            if writer && k > 0 && (done || self.cur_tick.is_multiple_of(k)) {
                 self.save_samples()?;
             }
-            if every(self.cfg.train.state_ticks) {
+            if writer && every(self.cfg.train.state_ticks) {
                 let elapsed = self.elapsed_before + t0.elapsed().as_secs_f64();
                 self.save_state(elapsed)?;
             }
@@ -900,6 +988,8 @@ struct TickAcc {
     n: u64,
     lr: f64,
     grad_norm: f64,
+    /// Seconds spent in collectives (gradient all-reduce, statistics gather).
+    comm_s: f64,
 }
 
 /// Where a curve estimated at start runs: the exact estimator on the training device, the
@@ -985,6 +1075,30 @@ pub fn train_with_dataset(
     resume: &Resume,
     progress: bool,
 ) -> Result<Trainer> {
+    train_with_dataset_in(
+        cfg,
+        dataset,
+        run_dir,
+        resume,
+        progress,
+        Arc::new(SingleProcess),
+    )
+}
+
+/// [`train_with_dataset`] as one rank of `comm`. Every rank reads the config, the dataset
+/// and the training state it resumes from (the run directory must be on a file system that
+/// every rank sees); rank 0 alone writes.
+pub fn train_with_dataset_in(
+    cfg: Config,
+    dataset: Dataset,
+    run_dir: &Path,
+    resume: &Resume,
+    progress: bool,
+    comm: Arc<dyn Communicator>,
+) -> Result<Trainer> {
+    let writer = comm.rank() == 0;
+    // Every rank looks for the latest state before any rank can write one (building the
+    // trainer below takes a collective); after loading, they compare what they resumed.
     let existing = latest_state(run_dir)?;
     let from = match (resume, existing) {
         (Resume::No, Some(p)) => bail!(
@@ -1000,22 +1114,38 @@ pub fn train_with_dataset(
     // Everything that can fail on the config (network, curve, a trial forward pass) runs
     // before the run directory is made or touched.
     let config_text = cfg.to_toml()?;
-    let mut t = Trainer::new(cfg, dataset, run_dir.to_path_buf())?;
+    let mut t = Trainer::new_in(cfg, dataset, run_dir.to_path_buf(), comm)?;
     t.progress = progress;
-    eprintln!(
-        "network: {} parameters, {:.4} GFLOPs per image (forward multiply-adds)",
-        t.net.num_parameters(),
-        t.net.forward_macs() as f64 / 1e9
-    );
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
-    remove_leftovers(run_dir)?;
-    crate::state::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
+    if writer {
+        eprintln!(
+            "network: {} parameters, {:.4} GFLOPs per image (forward multiply-adds)",
+            t.net.num_parameters(),
+            t.net.forward_macs() as f64 / 1e9
+        );
+        if t.comm.size() > 1 {
+            eprintln!(
+                "data parallel: {}, {} images per rank per step in {} round(s) of {}; \
+                 gradients summed by {}",
+                t.comm.describe(),
+                t.plan.rounds * t.plan.round_batch,
+                t.plan.rounds,
+                t.plan.round_batch,
+                t.reducer.name()
+            );
+        }
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("{}: cannot create the run directory", run_dir.display()))?;
+        remove_leftovers(run_dir)?;
+        crate::state::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())?;
+    }
     match from {
         Some(p) => {
             t.load_state(&p)?;
-            eprintln!("resumed from {} at {} images", p.display(), t.nimg);
-            for name in [STATS_FILE, EVAL_FILE] {
+            check_same_resume(t.comm.as_ref(), &p, t.nimg)?;
+            if writer {
+                eprintln!("resumed from {} at {} images", p.display(), t.nimg);
+            }
+            for name in [STATS_FILE, EVAL_FILE].iter().filter(|_| writer) {
                 let dropped = trim_stats(&run_dir.join(name), t.nimg)?;
                 if dropped > 0 {
                     eprintln!(
@@ -1025,7 +1155,8 @@ pub fn train_with_dataset(
                 }
             }
         }
-        None => set_aside_stale_logs(run_dir)?,
+        None if writer => set_aside_stale_logs(run_dir)?,
+        None => {}
     }
     t.run()?;
     Ok(t)
