@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     let rank = comm.rank();
     let result = match cli.command {
         Command::Estimate(args) => estimate::run(args, Arc::clone(&comm)),
-        Command::Train(args) => lossfloor_train::run_train(args, Arc::clone(&comm)),
+        Command::Train(args) => lossfloor_train::run_train_in(args, Arc::clone(&comm)),
         _ if world > 1 => Err(anyhow::anyhow!(
             "only `train` and `estimate` run on several ranks; run this command without mpirun"
         )),

@@ -43,14 +43,15 @@ impl RankPlan {
             );
         }
         let share = batch / size;
-        let round_batch = match cfg.train.batch_gpu {
-            None => share,
-            Some(bg) if bg <= share && share.is_multiple_of(bg) => bg,
-            Some(bg) => bail!(
-                "train.batch_gpu = {bg} does not divide each rank's share of the batch \
+        // `batch_gpu` caps a round; a rank whose share is smaller does it in one round (as one
+        // process does when batch_gpu ≥ batch).
+        let round_batch = cfg.train.batch_gpu.unwrap_or(share).min(share);
+        if round_batch == 0 || !share.is_multiple_of(round_batch) {
+            bail!(
+                "train.batch_gpu = {round_batch} does not divide each rank's share of the batch \
                  (train.batch {batch} / {size} ranks = {share})"
-            ),
-        };
+            );
+        }
         Ok(Self {
             rank,
             size,
@@ -254,7 +255,12 @@ mod tests {
     use super::*;
 
     fn cfg(batch: usize, batch_gpu: Option<usize>) -> Config {
-        let mut c = Config::parse("[data]\nspec = \"fashion-mnist\"\n", &[]).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/fashion-mnist-quick.toml"
+        ))
+        .unwrap();
+        let mut c = Config::parse(&text, &[]).unwrap();
         c.train.batch = batch;
         c.train.batch_gpu = batch_gpu;
         c
@@ -273,9 +279,17 @@ mod tests {
             })
             .collect();
         assert_eq!(rounds, vec![0, 1, 2, 3]);
-        // Without batch_gpu each rank does its share in one round.
+        // Without batch_gpu, or with a larger one, each rank does its share in one round.
         let p = RankPlan::new(&cfg(32, None), 1, 4).unwrap();
         assert_eq!((p.round_batch, p.rounds, p.global_round(0)), (8, 1, 1));
+        let p = RankPlan::new(&cfg(32, Some(128)), 1, 4).unwrap();
+        assert_eq!((p.round_batch, p.rounds), (8, 1));
+        // One process keeps the config's rounds.
+        let c = cfg(32, Some(128));
+        assert_eq!(
+            RankPlan::new(&c, 0, 1).unwrap().round_batch,
+            c.train.round_batch()
+        );
     }
 
     #[test]
@@ -285,11 +299,11 @@ mod tests {
             e.contains("train.batch = 30") && e.contains("4 ranks"),
             "{e}"
         );
-        let e = RankPlan::new(&cfg(32, Some(16)), 0, 4)
+        let e = RankPlan::new(&cfg(48, Some(8)), 0, 4)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("train.batch_gpu = 16") && e.contains("= 8"),
+            e.contains("train.batch_gpu = 8") && e.contains("= 12"),
             "{e}"
         );
     }

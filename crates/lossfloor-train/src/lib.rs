@@ -61,9 +61,13 @@ pub struct TrainArgs {
     pub device: Option<String>,
 }
 
-/// `lossfloor train`: loads the config and the data, then trains (or resumes), as one rank
-/// of `comm` (one process: `lossfloor_comm::SingleProcess`).
-pub fn run_train(args: TrainArgs, comm: Arc<dyn Communicator>) -> anyhow::Result<()> {
+/// `lossfloor train` in one process: loads the config and the data, then trains (or resumes).
+pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    run_train_in(args, Arc::new(lossfloor_comm::SingleProcess))
+}
+
+/// [`run_train`] as one rank of `comm` (`mpirun -np N lossfloor train`).
+pub fn run_train_in(args: TrainArgs, comm: Arc<dyn Communicator>) -> anyhow::Result<()> {
     let mut set = args.set.clone();
     if let Some(device) = &args.device {
         set.push(format!("train.device={device:?}"));
