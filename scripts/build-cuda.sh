@@ -3,6 +3,12 @@
 # and packs what the GPU machine needs into dist/cuda/.
 #
 #   scripts/build-cuda.sh            # -> dist/cuda/{lossfloor, cuda-tests, bench-step, bench-estimator, bench-fid}
+#                                    #    and, where libopenmpi-dev is installed, lossfloor-mpi
+#
+# dist/cuda/lossfloor is built without MPI (--no-default-features), so that it starts on a GPU
+# machine without Open MPI. dist/cuda/lossfloor-mpi (features cuda, cudnn, nccl) is the
+# multi-GPU binary (docs/distributed.md); it needs Open MPI's libmpi.so.40 and, at run time,
+# libnccl.so.2 (PyTorch's CUDA wheels ship it; gpu-env.sh finds it).
 #
 # Where the CUDA compiler comes from, and why: the GPU machines run driver 580 (CUDA 13.0,
 # compute capability 9.0). candle compiles its kernels to PTX at build time and the driver
@@ -103,7 +109,7 @@ start=$(date +%s)
 FEATURES=cuda
 [ "${LOSSFLOOR_CUDNN:-1}" = 0 ] || FEATURES=cuda,cudnn
 echo "build-cuda: features $FEATURES"
-cargo build --release -p lossfloor-cli --features $FEATURES
+cargo build --release -p lossfloor-cli --no-default-features --features $FEATURES
 # Path of the executable cargo builds for test or bench target NAME (the file name carries a
 # hash). Compiler errors go to the terminal; the JSON messages are parsed here.
 executable() { # NAME CARGO-ARGS... -> path
@@ -115,11 +121,23 @@ for line in sys.stdin:
         print(m["executable"])' | tail -1
 }
 # The CUDA agreement tests and the training-step/sampling benchmark, run on the GPU machine.
-TESTS=$(executable cuda test --release -p lossfloor-cli --features $FEATURES --test cuda --no-run)
+TESTS=$(executable cuda test --release -p lossfloor-cli --no-default-features --features $FEATURES --test cuda --no-run)
 BENCH=$(executable step bench -p lossfloor-train --features $FEATURES --bench step --no-run)
 EST=$(executable exact_device bench -p lossfloor-optimal --features cuda --bench exact_device --no-run)
 FID=$(executable inception bench -p lossfloor-fid --features $FEATURES --bench inception --no-run)
 [ -n "$TESTS" ] && [ -n "$BENCH" ] && [ -n "$EST" ] && [ -n "$FID" ] || { echo "build-cuda: the test or bench build failed" >&2; exit 1; }
+# The multi-GPU build (MPI + NCCL) and its agreement tests, where Open MPI's headers are here.
+MPI_BIN=""; MPI_TESTS=""
+if dpkg -s libopenmpi-dev >/dev/null 2>&1; then
+    cargo build --release -p lossfloor-cli --features $FEATURES,nccl
+    cp "$CARGO_TARGET_DIR/release/lossfloor" "$CARGO_TARGET_DIR/release/lossfloor-mpi"
+    MPI_BIN=$CARGO_TARGET_DIR/release/lossfloor-mpi
+    MPI_TESTS=$(executable cuda test --release -p lossfloor-cli --features $FEATURES,nccl --test cuda --no-run)
+    # The one-process binary again, so that target/release/lossfloor is the MPI-free one.
+    cargo build --release -p lossfloor-cli --no-default-features --features $FEATURES
+else
+    echo "build-cuda: libopenmpi-dev is not installed: no lossfloor-mpi (multi-GPU) binary"
+fi
 echo "build-cuda: built in $(($(date +%s) - start)) s"
 
 DIST=$ROOT/dist/cuda
@@ -129,11 +147,13 @@ cp "$TESTS" "$DIST.tmp/cuda-tests"
 cp "$BENCH" "$DIST.tmp/bench-step"
 cp "$EST" "$DIST.tmp/bench-estimator"
 cp "$FID" "$DIST.tmp/bench-fid"
-strip "$DIST.tmp/lossfloor" "$DIST.tmp/cuda-tests" "$DIST.tmp/bench-step" "$DIST.tmp/bench-estimator" "$DIST.tmp/bench-fid"
+[ -z "$MPI_BIN" ] || cp "$MPI_BIN" "$DIST.tmp/lossfloor-mpi"
+[ -z "$MPI_TESTS" ] || cp "$MPI_TESTS" "$DIST.tmp/cuda-tests-mpi"
+strip "$DIST.tmp"/*
 rm -rf "$DIST" && mv "$DIST.tmp" "$DIST"
 # One compressed archive (~20 MB instead of ~175 MB) to carry to the GPU machine;
 # scripts/gpu-check.sh unpacks it.
-(cd "$DIST" && tar -cf - lossfloor cuda-tests bench-step bench-estimator bench-fid | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
+(cd "$DIST" && tar -cf - * | xz -T0 -6 >"$DIST.tar.xz.tmp") && mv "$DIST.tar.xz.tmp" "$DIST.tar.xz"
 ls -la "$DIST" "$DIST.tar.xz"
 # A stand-in for the FID Inception weights (the real 87 MB file does not fit the GPU machine's
 # transfer limit): the same TorchScript archive with random weights, 3.3 MB compressed.

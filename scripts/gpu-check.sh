@@ -48,6 +48,15 @@ GPU=$(cut -d, -f1 "$OUT/gpu.txt" | head -1)
 echo "== 1. CPU vs CUDA agreement tests"
 "$DIST/cuda-tests" --test-threads=1 2>&1 | tee "$OUT/agreement.log"
 tests_rc=${PIPESTATUS[0]}
+# The multi-GPU build's tests (NCCL on one rank; two ranks where there are two GPUs and
+# mpirun), when build-cuda.sh made it and this machine has Open MPI's library.
+if [ -x "$DIST/cuda-tests-mpi" ] && ldconfig -p | grep -q libmpi.so.40; then
+    echo "== 1b. NCCL data-parallel tests"
+    LOSSFLOOR_MPI_BIN=$DIST/lossfloor-mpi "$DIST/cuda-tests-mpi" --test-threads=1 nccl two_gpus 2>&1 | tee "$OUT/nccl.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || tests_rc=1
+else
+    echo "== 1b. NCCL data-parallel tests: not run (no lossfloor-mpi build or no libmpi.so.40 here)"
+fi
 
 echo "== 2a. exact estimator"
 DATA=$OUT/cifar-shaped.npy

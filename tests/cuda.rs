@@ -696,3 +696,109 @@ fn inception_features_agree() {
     let err = rel_l2(&cuda, &cpu);
     assert!(err < 1e-4, "Inception features: relative L2 error {err}");
 }
+
+/// NCCL on one GPU: a one-rank communicator (its unique id made and "broadcast" in this
+/// process) sums a gradient-shaped tensor in place, leaving it unchanged. This is the world
+/// size 1 data-parallel path of the `nccl` build; it checks that libnccl.so.2 loads and that
+/// the in-place op reaches the tensor's own storage.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_sum_on_one_rank_is_the_identity() {
+    let dev = gpu();
+    let values: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.013).sin()).collect();
+    let t = Tensor::from_vec(values.clone(), (4099,), &dev).unwrap();
+    let nccl = lossfloor_comm::nccl::NcclGradients::new(&lossfloor_comm::SingleProcess, &dev)
+        .expect("NCCL on one rank (is libnccl.so.2 on LD_LIBRARY_PATH? scripts/gpu-env.sh)");
+    nccl.sum_in_place(&t).unwrap();
+    assert_eq!(t.to_vec1::<f32>().unwrap(), values);
+}
+
+/// Data-parallel training on two GPUs (NCCL all-reduce) against one GPU with the same
+/// rounds: `mpirun -np 2 lossfloor-mpi train … --device cuda` with `batch_gpu = batch/2`
+/// against one process on cuda:0. Runs where the machine has two GPUs, `mpirun`, and the
+/// MPI build (`LOSSFLOOR_MPI_BIN`, set by scripts/gpu-check.sh to dist/cuda/lossfloor-mpi);
+/// elsewhere it says why it did not run. Tolerance: the two sides run the same kernels on the
+/// same kind of GPU; only the gradient sum (g₀ + g₁ in NCCL against the same sum in one
+/// process) and cuDNN's algorithm choice may differ, so weights after 8 steps of size ~1e-2
+/// agree to 2e-4 absolute, as in `training_step_matches_cpu`.
+#[cfg(feature = "nccl")]
+#[test]
+fn two_gpus_train_the_weights_of_one() {
+    use std::process::Command;
+    let Ok(bin) = std::env::var("LOSSFLOOR_MPI_BIN") else {
+        eprintln!("not run: LOSSFLOOR_MPI_BIN (the lossfloor-mpi binary) is not set");
+        return;
+    };
+    let gpus = Command::new("nvidia-smi")
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0);
+    if gpus < 2 || Command::new("mpirun").arg("--version").output().is_err() {
+        eprintln!("not run: needs 2 GPUs ({gpus} found) and mpirun");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("data.npy");
+    let values: Vec<f32> = (0..32 * 3 * 16 * 16)
+        .map(|i| ((i as f32) * 0.37).cos() * 0.8)
+        .collect();
+    let data = Tensor::from_vec(values, (32, 3, 16, 16), &Device::Cpu).unwrap();
+    lossfloor_sampler::save_npy_f32(&npy, &data).unwrap();
+    let cfg = dir.path().join("ddp.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nspec = \"npy:{}\"\n[network]\narch = \"songunet\"\nimg_resolution = 16\n\
+             in_channels = 3\nout_channels = 3\nmodel_channels = 32\nchannel_mult = [1, 2]\n\
+             num_blocks = 1\nattn_resolutions = [8]\n[optimizer]\nlr = 1e-2\n\
+             [train]\nbatch = 16\nbatch_gpu = 8\nduration_kimg = 0.128\ntick_kimg = 0.064\n\
+             seed = 3\ndevice = \"cuda\"\n",
+            npy.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str], dir_name: &str| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .args(["train", cfg.to_str().unwrap(), "--run-dir"])
+            .arg(dir.path().join(dir_name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[bin.as_str()], "one");
+    run(
+        &["mpirun", "--allow-run-as-root", "-np", "2", bin.as_str()],
+        "two",
+    );
+    let load = |name: &str| {
+        candle_core::safetensors::load(
+            dir.path()
+                .join(name)
+                .join("training-state-0000000128.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (one, two) = (load("one"), load("two"));
+    assert_eq!(one.len(), two.len());
+    for (name, a) in &one {
+        let b = &two[name];
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 2e-4, "{name}: max |Δ| = {diff}");
+    }
+}

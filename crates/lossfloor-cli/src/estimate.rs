@@ -165,7 +165,7 @@ pub fn check_queries_memory(method: Method, queries: usize, n_sigmas: usize) -> 
 ///
 /// Under `mpirun -np N` the queries (exact) or batches (subset methods) are shared between
 /// the ranks and the result is bit for bit one process's; rank 0 writes the outputs.
-pub fn run(args: EstimateArgs, comm: std::sync::Arc<dyn Communicator>) -> Result<()> {
+pub fn run(args: EstimateArgs, comm: std::rc::Rc<dyn Communicator>) -> Result<()> {
     let writer = comm.rank() == 0;
     let method: Method = args.method.parse()?;
     let sigmas = parse_sigmas(&args.sigmas)?;

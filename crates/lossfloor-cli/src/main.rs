@@ -15,7 +15,7 @@ mod study_report;
 mod weights_cmd;
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use lossfloor_comm::Communicator;
 
@@ -79,8 +79,8 @@ fn main() -> ExitCode {
     let world = comm.size();
     let rank = comm.rank();
     let result = match cli.command {
-        Command::Estimate(args) => estimate::run(args, Arc::clone(&comm)),
-        Command::Train(args) => lossfloor_train::run_train_in(args, Arc::clone(&comm)),
+        Command::Estimate(args) => estimate::run(args, Rc::clone(&comm)),
+        Command::Train(args) => lossfloor_train::run_train_in(args, Rc::clone(&comm)),
         _ if world > 1 => Err(anyhow::anyhow!(
             "only `train` and `estimate` run on several ranks; run this command without mpirun"
         )),

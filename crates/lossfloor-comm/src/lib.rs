@@ -12,6 +12,7 @@
 //! collective that waits longer than [`collective_timeout`] ends this process with a message,
 //! and the launcher then ends the others.
 
+use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,20 +109,20 @@ pub const MPI_BUILT: bool = cfg!(feature = "mpi");
 /// The world this process belongs to: an MPI world when an MPI launcher started it, else
 /// [`SingleProcess`]. A build without the `mpi` feature started by `mpirun` is refused: its
 /// ranks would each train alone and write the same files.
-pub fn init() -> Result<Arc<dyn Communicator>> {
+pub fn init() -> Result<Rc<dyn Communicator>> {
     match launcher_variable() {
-        None => Ok(Arc::new(SingleProcess)),
+        None => Ok(Rc::new(SingleProcess)),
         Some(var) => join_mpi(&var),
     }
 }
 
 #[cfg(feature = "mpi")]
-fn join_mpi(_var: &str) -> Result<Arc<dyn Communicator>> {
-    Ok(Arc::new(MpiWorld::join()?))
+fn join_mpi(_var: &str) -> Result<Rc<dyn Communicator>> {
+    Ok(Rc::new(MpiWorld::join()?))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn join_mpi(var: &str) -> Result<Arc<dyn Communicator>> {
+fn join_mpi(var: &str) -> Result<Rc<dyn Communicator>> {
     anyhow::bail!(
         "started by an MPI launcher ({var}), but this lossfloor was built without the `mpi` \
          feature: every rank would run alone and write the same files. Build it with \

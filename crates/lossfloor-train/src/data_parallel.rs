@@ -10,7 +10,7 @@
 //! [`reduce_gradients`]).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
@@ -179,7 +179,7 @@ pub enum GradientReducer {
     /// One process: nothing to sum.
     Single,
     /// MPI all-reduce on the CPU (GPU gradients are copied to host memory and back).
-    Mpi(Arc<dyn Communicator>),
+    Mpi(Rc<dyn Communicator>),
     /// NCCL all-reduce between GPUs.
     #[cfg(feature = "nccl")]
     Nccl(lossfloor_comm::nccl::NcclGradients),
@@ -187,7 +187,7 @@ pub enum GradientReducer {
 
 impl GradientReducer {
     /// The reducer for this world and device: NCCL for GPUs when built with it, else MPI.
-    pub fn new(comm: &Arc<dyn Communicator>, device: &Device) -> Result<Self> {
+    pub fn new(comm: &Rc<dyn Communicator>, device: &Device) -> Result<Self> {
         if comm.size() == 1 {
             return Ok(Self::Single);
         }
@@ -199,7 +199,7 @@ impl GradientReducer {
             )?));
         }
         let _ = device;
-        Ok(Self::Mpi(Arc::clone(comm)))
+        Ok(Self::Mpi(Rc::clone(comm)))
     }
 
     /// Which engine sums the gradients, for the start-up line.

@@ -32,7 +32,7 @@ pub mod state;
 pub mod train;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use lossfloor_comm::Communicator;
 
@@ -63,11 +63,11 @@ pub struct TrainArgs {
 
 /// `lossfloor train` in one process: loads the config and the data, then trains (or resumes).
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    run_train_in(args, Arc::new(lossfloor_comm::SingleProcess))
+    run_train_in(args, Rc::new(lossfloor_comm::SingleProcess))
 }
 
 /// [`run_train`] as one rank of `comm` (`mpirun -np N lossfloor train`).
-pub fn run_train_in(args: TrainArgs, comm: Arc<dyn Communicator>) -> anyhow::Result<()> {
+pub fn run_train_in(args: TrainArgs, comm: Rc<dyn Communicator>) -> anyhow::Result<()> {
     let mut set = args.set.clone();
     if let Some(device) = &args.device {
         set.push(format!("train.device={device:?}"));

@@ -18,7 +18,7 @@
 //! alone writes the run directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -140,7 +140,7 @@ pub struct Trainer {
     /// Show a progress bar (on by default; off in tests).
     pub progress: bool,
     /// The ranks this run trains on (one process: [`SingleProcess`]).
-    comm: Arc<dyn Communicator>,
+    comm: Rc<dyn Communicator>,
     /// This rank's rounds of each step.
     plan: RankPlan,
     /// How the ranks' gradients are summed.
@@ -150,7 +150,7 @@ pub struct Trainer {
 impl Trainer {
     /// Sets up a fresh run on `dataset` (already loaded, with x-flip / limit applied).
     pub fn new(cfg: Config, dataset: Dataset, run_dir: PathBuf) -> Result<Self> {
-        Self::new_in(cfg, dataset, run_dir, Arc::new(SingleProcess))
+        Self::new_in(cfg, dataset, run_dir, Rc::new(SingleProcess))
     }
 
     /// [`Trainer::new`] as one rank of `comm`: every rank builds the same network from the
@@ -159,7 +159,7 @@ impl Trainer {
         cfg: Config,
         dataset: Dataset,
         run_dir: PathBuf,
-        comm: Arc<dyn Communicator>,
+        comm: Rc<dyn Communicator>,
     ) -> Result<Self> {
         let plan = RankPlan::new(&cfg, comm.rank(), comm.size())?;
         check_same_config(comm.as_ref(), &cfg.to_toml()?, dataset.len())?;
@@ -1081,7 +1081,7 @@ pub fn train_with_dataset(
         run_dir,
         resume,
         progress,
-        Arc::new(SingleProcess),
+        Rc::new(SingleProcess),
     )
 }
 
@@ -1094,7 +1094,7 @@ pub fn train_with_dataset_in(
     run_dir: &Path,
     resume: &Resume,
     progress: bool,
-    comm: Arc<dyn Communicator>,
+    comm: Rc<dyn Communicator>,
 ) -> Result<Trainer> {
     let writer = comm.rank() == 0;
     // Every rank looks for the latest state before any rank can write one (building the
