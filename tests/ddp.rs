@@ -188,29 +188,57 @@ fn stats_without_timing(run: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn two_ranks_train_the_weights_of_one_process_bit_for_bit() {
-    let Some(mut mpi) = mpirun() else { return };
+    let Some(_) = mpirun() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), 12, 4);
-    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    assert_ok(&single(&train_args(&cfg, &one, &[])));
-    let out = ranks(&mut mpi, 2, &train_args(&cfg, &two, &[]));
-    assert_ok(&out);
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("data parallel: MPI, 2 ranks"), "{text}");
-    // Weights, EMA and Adam moments after 12 steps.
-    assert_same_state(&one, &two, 12 * BATCH);
-    // The per-σ̂ statistics are gathered from both ranks in image order: same lines.
-    assert_eq!(stats_without_timing(&one), stats_without_timing(&two));
-    let line: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(two.join("stats.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(line["world_size"], 2);
-    assert!(line["comm_s"].as_f64().unwrap() > 0.0);
+    // The native recipe, and the optimal-loss schedule: a curve estimated at start (rank 0
+    // writes it, rank 1 reads it), p(σ̂) refreshed every 2 steps from the evaluator's gap
+    // (rank 0 evaluates and sends the losses) and from the gathered per-image statistics.
+    let optimal = [
+        "--set",
+        "schedule.kind=\"optimal-loss\"",
+        "--set",
+        "schedule.refresh_kimg=0.016",
+        "--set",
+        "optimal_loss.estimate.queries=64",
+        "--set",
+        "optimal_loss.estimate.points=8",
+        "--set",
+        "eval.queries=8",
+    ];
+    for (name, extra) in [("native", &[][..]), ("optimal", &optimal[..])] {
+        let one = dir.path().join(format!("{name}-one"));
+        let two = dir.path().join(format!("{name}-two"));
+        assert_ok(&single(&train_args(&cfg, &one, extra)));
+        let out = ranks(&mut mpirun().unwrap(), 2, &train_args(&cfg, &two, extra));
+        assert_ok(&out);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("data parallel: MPI, 2 ranks"), "{text}");
+        // Weights, EMA and Adam moments after 12 steps.
+        assert_same_state(&one, &two, 12 * BATCH);
+        // The per-σ̂ statistics are gathered from both ranks in image order: same lines,
+        // and with the optimal-loss schedule the same p(σ̂) at every tick.
+        let stats = stats_without_timing(&one);
+        assert_eq!(stats, stats_without_timing(&two));
+        if name == "optimal" {
+            let probs: Vec<&serde_json::Value> =
+                stats.iter().map(|l| &l["schedule_probs"]).collect();
+            assert!(
+                probs[0].is_array() && probs[0] != probs[2],
+                "p(σ̂) never refreshed"
+            );
+        }
+        let line: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(two.join("stats.jsonl"))
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(line["world_size"], 2);
+        assert!(line["comm_s"].as_f64().unwrap() > 0.0);
+    }
 }
 
 #[test]

@@ -617,8 +617,15 @@ impl Trainer {
                     }
                 }
                 GapSource::Eval => {
-                    let raw = self.evaluate(true, false, false)?.raw.unwrap_or_default();
-                    let losses: Vec<f64> = raw.iter().map(|l| l.loss).collect();
+                    // Rank 0 evaluates and sends its losses to the others, so that every
+                    // rank's schedule is the same even where their thread counts differ.
+                    let losses: Vec<f64> = if self.is_writer() {
+                        let raw = self.evaluate(true, false, false)?.raw.unwrap_or_default();
+                        raw.iter().map(|l| l.loss).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let losses = self.comm.gather_f64(&losses)?;
                     let sigmas = self.evaluator.sigmas().to_vec();
                     if let Some(a) = self.adaptive.as_mut() {
                         a.refresh_from_eval(&sigmas, &losses);
