@@ -174,6 +174,31 @@ pub fn check_same_weights(
     Ok(())
 }
 
+/// Per-image outputs of a step's rounds (σ̂, loss weight, ‖D − x0‖²), for the statistics.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ImageStats {
+    pub sigmas: Vec<f64>,
+    pub weights: Vec<f64>,
+    pub sq: Vec<f32>,
+}
+
+impl ImageStats {
+    /// Every rank's images, concatenated in rank order (= global image order), on every
+    /// rank; one process keeps its own.
+    pub fn gather(self, comm: &dyn Communicator) -> Result<Self> {
+        if comm.size() == 1 {
+            return Ok(self);
+        }
+        // f32 → f64 → f32 is exact, so the losses arrive bit for bit.
+        let sq: Vec<f64> = self.sq.iter().map(|&q| q as f64).collect();
+        Ok(Self {
+            sigmas: comm.gather_f64(&self.sigmas)?,
+            weights: comm.gather_f64(&self.weights)?,
+            sq: comm.gather_f64(&sq)?.iter().map(|&q| q as f32).collect(),
+        })
+    }
+}
+
 /// How gradients are summed across ranks.
 pub enum GradientReducer {
     /// One process: nothing to sum.

@@ -314,6 +314,26 @@ pub fn prepare_floor(
     load_floor(cfg, run_dir, Some(dataset))
 }
 
+/// [`prepare_floor`] on one rank of `comm`: rank 0 estimates and writes a missing curve
+/// first; the other ranks then read it (or, without a shared file system, estimate their own
+/// into their own run directory).
+pub fn prepare_floor_in(
+    comm: &dyn lossfloor_comm::Communicator,
+    cfg: &Config,
+    dataset: &Dataset,
+    run_dir: &Path,
+    device: &Device,
+) -> Result<Option<Curve>> {
+    if comm.rank() == 0 {
+        let curve = prepare_floor(cfg, dataset, run_dir, device)?;
+        comm.gather_u64(0)?;
+        Ok(curve)
+    } else {
+        comm.gather_u64(0)?;
+        prepare_floor(cfg, dataset, run_dir, device)
+    }
+}
+
 /// Writes `make()` to `path` atomically unless the file is already there.
 fn ensure_curve(path: &Path, run_dir: &Path, make: impl FnOnce() -> Result<Curve>) -> Result<()> {
     if path.is_file() {

@@ -45,7 +45,7 @@ use crate::config::{
 };
 use crate::data_parallel::{
     check_same_config, check_same_resume, check_same_weights, rank_device, GradientReducer,
-    RankPlan,
+    ImageStats, RankPlan,
 };
 use crate::ema::{ema_beta, Ema};
 use crate::eval_gap::{EvalRecord, RunEvaluator, TensorsDenoiser};
@@ -98,14 +98,6 @@ pub enum Resume {
 enum Weight {
     Native,
     Optimal(OptimalWeight),
-}
-
-/// Per-image outputs of rounds, for statistics.
-#[derive(Default)]
-struct RoundStats {
-    sigmas: Vec<f64>,
-    weights: Vec<f64>,
-    sq: Vec<f32>,
 }
 
 /// A training run in memory.
@@ -200,16 +192,8 @@ impl Trainer {
         };
         let process = cfg.precond.build()?;
         // The floor: the curve, or for a labelled run the label-dropout mixture (floor_mix).
-        // Rank 0 estimates and writes a missing curve first; the other ranks then read it
-        // (or, without a shared file system, estimate their own).
-        let curve = if comm.rank() == 0 {
-            let curve = crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?;
-            comm.gather_u64(0)?;
-            curve
-        } else {
-            comm.gather_u64(0)?;
-            crate::floor_mix::prepare_floor(&cfg, &dataset, &run_dir, &device)?
-        };
+        let curve =
+            crate::floor_mix::prepare_floor_in(comm.as_ref(), &cfg, &dataset, &run_dir, &device)?;
         let evaluator = RunEvaluator::new(
             curve.as_ref(),
             &cfg.eval,
@@ -405,7 +389,7 @@ impl Trainer {
     /// Forward + backward of global round `round` of the current step (`n` images); returns
     /// the gradients (parameter order). Its images and random streams depend only on the
     /// step and the global round, not on which rank computes it.
-    fn round(&mut self, round: usize, n: usize) -> Result<(Vec<Tensor>, RoundStats)> {
+    fn round(&mut self, round: usize, n: usize) -> Result<(Vec<Tensor>, ImageStats)> {
         let dim = self.dataset.dim();
         let shape = self.dataset.shape();
         let start = self.nimg + (round * n) as u64;
@@ -507,7 +491,7 @@ impl Trainer {
         let sq = sq.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         Ok((
             g,
-            RoundStats {
+            ImageStats {
                 sigmas,
                 weights,
                 sq,
@@ -529,7 +513,7 @@ impl Trainer {
         let lr = learning_rate(&self.cfg.optimizer, self.nimg);
         let mut total: Option<Vec<Tensor>> = None;
         let dim = self.dataset.dim() as f64;
-        let mut local = RoundStats::default();
+        let mut local = ImageStats::default();
         for r in 0..plan.rounds {
             let (g, st) = self.round(plan.global_round(r), plan.round_batch)?;
             let bad = st.sq.iter().any(|q| !q.is_finite());
@@ -550,24 +534,9 @@ impl Trainer {
         }
         // Every rank gets every image's statistics, in global image order, so that the
         // bins, tick means and the adaptive schedule are those of one process.
-        let st = if self.comm.size() > 1 {
-            let t0 = Instant::now();
-            let sq: Vec<f64> = local.sq.iter().map(|&q| q as f64).collect();
-            let st = RoundStats {
-                sigmas: self.comm.gather_f64(&local.sigmas)?,
-                weights: self.comm.gather_f64(&local.weights)?,
-                sq: self
-                    .comm
-                    .gather_f64(&sq)?
-                    .iter()
-                    .map(|&q| q as f32)
-                    .collect(),
-            };
-            acc.comm_s += t0.elapsed().as_secs_f64();
-            st
-        } else {
-            local
-        };
+        let t0 = Instant::now();
+        let st = local.gather(self.comm.as_ref())?;
+        acc.comm_s += t0.elapsed().as_secs_f64();
         if let Some(q) = st.sq.iter().find(|q| !q.is_finite()) {
             // Stop before the update: the weights, EMA and the states on disk stay those
             // of the last good step.
