@@ -464,3 +464,81 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     assert!(!text.contains("panicked"), "{text}");
     assert!(!run.exists());
 }
+
+#[test]
+fn a_rank_that_cannot_read_its_data_ends_the_job_naming_itself() {
+    let Some(mut mpi) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 4, 2);
+    let run = dir.path().join("run");
+    let args = train_args(&cfg, &run, &[]);
+    let missing = dir.path().join("missing.npy");
+    let spec = format!("data.spec=\"npy:{}\"", missing.display());
+    let t0 = Instant::now();
+    let out = mpi
+        .args(["-np", "1", bin()])
+        .args(&args)
+        .args([":", "-np", "1", bin()])
+        .args(&args)
+        .args(["--set", &spec])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // Rank 0 was waiting for rank 1 in a collective; MPI_Abort ends it at once.
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("error (rank 1 of 2)") && text.contains("missing.npy"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn a_stuck_rank_is_caught_by_the_collective_timeout() {
+    let Some(mut mpi) = mpirun() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 4000, 10);
+    let run = dir.path().join("run");
+    let tag = format!("LOSSFLOOR_TEST_TAG=stuck{}", std::process::id());
+    let mut child = mpi
+        .args([
+            "-x",
+            "LOSSFLOOR_TEST_TAG",
+            "-x",
+            "LOSSFLOOR_COLLECTIVE_TIMEOUT_S",
+        ])
+        .args(["-np", "2", bin()])
+        .args(train_args(&cfg, &run, &[]))
+        .env("LOSSFLOOR_TEST_TAG", format!("stuck{}", std::process::id()))
+        .env("LOSSFLOOR_COLLECTIVE_TIMEOUT_S", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while newest_state_nimg(&run) < 10 * BATCH {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Rank 1 stops (SIGSTOP: alive, but never reaches the next collective).
+    let pid = pid_of_rank(&tag, 1).expect("rank 1's process");
+    let stopped_at = Instant::now();
+    Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let waited = stopped_at.elapsed();
+    assert!(!out.status.success());
+    // The 3 s timeout, plus the launcher's teardown.
+    assert!(waited < Duration::from_secs(30), "took {waited:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("rank 0 of 2: no answer from the other ranks for 3 s"),
+        "{text}"
+    );
+    // If rank 1 outlived the job, end it.
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}

@@ -26,6 +26,9 @@ use lossfloor_optimal::sigmas::parse_sigmas;
 /// baselines) and `gaussian` (closed form of a Gaussian with the data covariance).
 ///
 /// Example: lossfloor estimate --data fashion-mnist --sigmas logspace:0.002:80:32 --method exact --queries 4096 --out curve.json --plot curve.png
+///
+/// Under `mpirun -np N` the ranks share the queries and rank 0 writes the same curve, bit for
+/// bit, as one process (docs/distributed.md).
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 pub struct EstimateArgs {

@@ -46,6 +46,9 @@ enum Command {
     Plot(curve_cmd::PlotArgs),
     Fid(fid_cmd::FidArgs),
     /// Train a diffusion model from a TOML config, logging every loss against the optimal loss.
+    ///
+    /// Under `mpirun -np N` (or `srun`) the N ranks train one model: each takes its share of
+    /// every global batch and the gradients are summed (docs/distributed.md).
     Train(lossfloor_train::TrainArgs),
     /// Generate images from a network checkpoint with EDM's sampler.
     Sample(sample::SampleArgs),
