@@ -415,6 +415,14 @@ pub fn generate(
         "sampled {n} images in {secs:.1} s ({:.3} s per image)",
         secs / n.max(1) as f64
     );
+    if lossfloor_ops::profile::enabled() {
+        // Milliseconds per op category summed over threads (LOSSFLOOR_PROFILE).
+        eprintln!(
+            "profile: {{\"wall_ms\": {:.1}, \"ms\": {}}}",
+            secs * 1e3,
+            lossfloor_ops::profile::totals_json()
+        );
+    }
     Ok(())
 }
 

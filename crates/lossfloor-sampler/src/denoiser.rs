@@ -91,9 +91,14 @@ where
         sigma: f64,
         class_labels: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        use lossfloor_ops::profile::{scope, Category};
         let p = self.process.precond(sigma);
+        let prof = scope(Category::Heun);
         let x = x.to_dtype(DType::F32)?;
-        let f = (self.net)(&x.affine(p.c_in, 0.0)?, p.c_noise, class_labels)?;
+        let x_in = x.affine(p.c_in, 0.0)?;
+        drop(prof);
+        let f = (self.net)(&x_in, p.c_noise, class_labels)?;
+        let _prof = scope(Category::Heun);
         let f = f.to_dtype(DType::F32)?;
         x.affine(p.c_skip, 0.0)? + f.affine(p.c_out, 0.0)?
     }

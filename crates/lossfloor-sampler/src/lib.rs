@@ -34,6 +34,7 @@
 pub mod denoiser;
 pub mod error;
 pub mod guidance;
+pub mod image_split;
 pub mod io;
 pub mod net_denoiser;
 pub mod sampler;

@@ -166,15 +166,22 @@ fn check_shape(what: &str, t: &Tensor, dims: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` inside the profiler's [`Category::Heun`](lossfloor_ops::profile::Category) scope.
+fn heun_scope<R>(f: impl FnOnce() -> R) -> R {
+    let _prof = lossfloor_ops::profile::scope(lossfloor_ops::profile::Category::Heun);
+    f()
+}
+
 fn call_denoiser(
     denoiser: &dyn Denoiser,
     x: &Tensor,
     sigma: f64,
     class_labels: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let d = denoiser.denoise(&x.to_dtype(DType::F32)?, sigma, class_labels)?;
+    let x32 = heun_scope(|| x.to_dtype(DType::F32))?;
+    let d = denoiser.denoise(&x32, sigma, class_labels)?;
     check_shape("denoiser output", &d, x.dims())?;
-    Ok(d.to_dtype(DType::F64)?)
+    Ok(heun_scope(|| d.to_dtype(DType::F64))?)
 }
 
 /// EDM's Algorithm 2 (`edm_sampler`): deterministic (S_churn = 0) or stochastic sampling
@@ -230,15 +237,17 @@ pub fn sample(
 
         // Euler step.
         let denoised = call_denoiser(denoiser, &x_hat, t_hat, class_labels)?;
-        let d_cur = ((&x_hat - denoised)? / t_hat)?;
-        x_next = (&x_hat + d_cur.affine(t_next - t_hat, 0.0)?)?;
+        let d_cur = heun_scope(|| (&x_hat - denoised)? / t_hat)?;
+        x_next = heun_scope(|| &x_hat + d_cur.affine(t_next - t_hat, 0.0)?)?;
 
         // Second-order correction.
         if cfg.solver == Solver::Heun && i < n - 1 {
             let denoised = call_denoiser(denoiser, &x_next, t_next, class_labels)?;
-            let d_prime = ((&x_next - denoised)? / t_next)?;
-            let slope = (d_cur.affine(0.5, 0.0)? + d_prime.affine(0.5, 0.0)?)?;
-            x_next = (&x_hat + slope.affine(t_next - t_hat, 0.0)?)?;
+            x_next = heun_scope(|| {
+                let d_prime = ((&x_next - denoised)? / t_next)?;
+                let slope = (d_cur.affine(0.5, 0.0)? + d_prime.affine(0.5, 0.0)?)?;
+                &x_hat + slope.affine(t_next - t_hat, 0.0)?
+            })?;
         }
     }
     Ok(x_next.to_dtype(DType::F32)?)
