@@ -39,8 +39,20 @@ pub fn forward_split(
     c_noise: f64,
     labels: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    let parts = image_parts(x.dim(0)?, x.device());
+    forward_parts(network, x, c_noise, labels, parts)
+}
+
+/// [`forward_split`] with a given number of parts (at most one per image).
+pub fn forward_parts(
+    network: &dyn Network,
+    x: &Tensor,
+    c_noise: f64,
+    labels: Option<&Tensor>,
+    parts: usize,
+) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
-    let parts = image_parts(n, x.device());
+    let parts = parts.clamp(1, n.max(1));
     let run = |start: usize, len: usize| -> candle_core::Result<Tensor> {
         let xs = x.narrow(0, start, len)?;
         let noise = Tensor::full(c_noise as f32, len, x.device())?;
