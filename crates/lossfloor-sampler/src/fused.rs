@@ -87,6 +87,9 @@ impl Denoised<'_> {
     }
 }
 
+/// One parallel task's slices of d and x_{i+1}, and of the next network input if formed.
+type EulerChunk<'a> = ((&'a mut [f64], &'a mut [f64]), Option<&'a mut [f32]>);
+
 /// x_in = [`network_input`](x, c_in) for every element.
 pub fn network_inputs(x: &[f64], c_in: f64) -> Vec<f32> {
     x.par_iter().map(|&v| network_input(v, c_in)).collect()
@@ -106,7 +109,7 @@ pub fn euler_pass(
     assert!(den.len() == x_hat.len() && d.len() == x_hat.len() && x_next.len() == x_hat.len());
     let mut x_in = next_c_in.map(|_| vec![0f32; x_hat.len()]);
     let c_in = next_c_in.unwrap_or(1.0);
-    let body = |(k, ((d, xn), xi)): (usize, ((&mut [f64], &mut [f64]), Option<&mut [f32]>))| {
+    let body = |(k, ((d, xn), xi)): (usize, EulerChunk)| {
         let base = k * CHUNK;
         for j in 0..d.len() {
             let x = x_hat[base + j];
@@ -174,7 +177,7 @@ mod tests {
 
     fn data(n: usize, seed: u64) -> Vec<f64> {
         (0..n)
-            .map(|i| ((i as f64 * 0.37 + seed as f64).sin() * 3.0))
+            .map(|i| (i as f64 * 0.37 + seed as f64).sin() * 3.0)
             .collect()
     }
 

@@ -229,6 +229,10 @@ fn check_latents(latents: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// One evaluation's output: the raw network output F with (c_skip, c_out) for a
+/// preconditioned denoiser, or D itself with `None`.
+type Evaluation = (Vec<f32>, Option<(f64, f64)>);
+
 /// One denoiser evaluation of [`sample_fused`] at x (float64, on the CPU), with the
 /// network input formed from x by `x_in` when it is already known. Returns where the
 /// pass finds D: the raw output F (for a preconditioned denoiser) or D.
@@ -239,7 +243,7 @@ fn evaluate(
     sigma: f64,
     shape: &[usize],
     class_labels: Option<&Tensor>,
-) -> Result<(Vec<f32>, Option<(f64, f64)>)> {
+) -> Result<Evaluation> {
     let dev = candle_core::Device::Cpu;
     let out = match denoiser.preconditioned() {
         Some(p) => {

@@ -86,19 +86,17 @@ fn labels(n: usize) -> Tensor {
     lossfloor_sampler::one_hot(&classes, CLASSES, &Device::Cpu).unwrap()
 }
 
+/// The signature of [`sample`] and [`sample_composed`].
+type Sampler = fn(
+    &dyn Denoiser,
+    &Tensor,
+    Option<&Tensor>,
+    &HeunConfig,
+    &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
+) -> lossfloor_sampler::Result<Tensor>;
+
 /// Samples of seeds 0..n with `sampler`, churn noise from the seeds' own streams.
-fn run(
-    sampler: fn(
-        &dyn Denoiser,
-        &Tensor,
-        Option<&Tensor>,
-        &HeunConfig,
-        &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
-    ) -> lossfloor_sampler::Result<Tensor>,
-    d: &dyn Denoiser,
-    cfg: &HeunConfig,
-    n: usize,
-) -> Vec<f32> {
+fn run(sampler: Sampler, d: &dyn Denoiser, cfg: &HeunConfig, n: usize) -> Vec<f32> {
     let dev = Device::Cpu;
     let seeds: Vec<u64> = (0..n as u64).collect();
     let mut rng = SeedRng::new(&seeds);
