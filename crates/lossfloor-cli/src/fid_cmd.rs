@@ -13,10 +13,14 @@ use lossfloor_fid::{
     load_stats_npz, save_stats_npz, FeatureStats, InceptionV3, DEFAULT_WEIGHTS_PATH, FEATURE_DIM,
 };
 use lossfloor_optimal::write_atomic;
-use lossfloor_sampler::{parse_seeds, to_uint8};
+use lossfloor_sampler::parse_seeds;
+
+pub(crate) mod pipeline;
+
+pub(crate) use pipeline::generated_stats;
 
 use crate::estimate::check_output_path;
-use crate::sample::{generate, load_checkpoint, SamplerOpts, SamplingJob};
+use crate::sample::{load_checkpoint, SamplerOpts, SamplingJob};
 
 /// Fréchet Inception Distance, matching NVlabs/edm's fid.py.
 ///
@@ -250,20 +254,6 @@ fn run_ref(a: RefArgs) -> Result<()> {
     Ok(())
 }
 
-/// Inception feature statistics of the images `job` generates, fed to `net` batch by
-/// batch as they are sampled (no image files).
-pub(crate) fn generated_stats(job: &SamplingJob, net: &InceptionV3) -> Result<FeatureStats> {
-    let mut stats = FeatureStats::new(FEATURE_DIM);
-    generate(job, &mut |_, x| {
-        let (m, c, h, w) = x.dims4()?;
-        let bytes = to_uint8(&x)?.flatten_all()?.to_vec1::<u8>()?;
-        let feats = net.features_tensor(&bytes, m, c, h, w)?;
-        stats.accumulate_flat(&feats.flatten_all()?.to_vec1::<f32>()?)?;
-        Ok(())
-    })?;
-    Ok(stats)
-}
-
 fn images_spec(path: &Path) -> Result<DataSpec> {
     if !path.exists() {
         bail!("--images {}: no such file or folder", path.display());
@@ -344,7 +334,8 @@ fn run_calc(a: CalcArgs) -> Result<()> {
                 device: &device,
                 guidance: a.sampler.guidance,
             };
-            let stats = generated_stats(&job, &net)?;
+            let (stats, times) = generated_stats(&job, &net)?;
+            eprintln!("{}", times.summary());
             (stats, ckpt.display().to_string(), Some(sha256_file(ckpt)?))
         }
         (None, None) => bail!("give --images or --checkpoint"),

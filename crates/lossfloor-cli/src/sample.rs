@@ -412,9 +412,18 @@ pub fn generate(
     bar.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
     eprintln!(
-        "sampled {n} images in {secs:.1} s ({:.3} s per image)",
-        secs / n.max(1) as f64
+        "sampled {n} images in {secs:.3} s ({:.3} s per image, {:.2} img/s)",
+        secs / n.max(1) as f64,
+        n as f64 / secs.max(1e-9)
     );
+    if lossfloor_ops::profile::enabled() {
+        // Milliseconds per op category summed over threads (LOSSFLOOR_PROFILE).
+        eprintln!(
+            "profile: {{\"wall_ms\": {:.1}, \"ms\": {}}}",
+            secs * 1e3,
+            lossfloor_ops::profile::totals_json()
+        );
+    }
     Ok(())
 }
 

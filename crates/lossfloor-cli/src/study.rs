@@ -484,7 +484,7 @@ fn snapshot_fid(
         device: &device,
         guidance: None,
     };
-    let stats = crate::fid_cmd::generated_stats(&job, detector)?;
+    let (stats, _) = crate::fid_cmd::generated_stats(&job, detector)?;
     Ok(stats.stats().frechet_distance(reference)?)
 }
 

@@ -672,7 +672,10 @@ impl UNetBlock {
         drop: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let mut h = self.conv0.forward(&self.norm0.forward_silu(x)?)?;
-        let params = self.affine.forward(emb)?;
+        let params = {
+            let _prof = lossfloor_ops::profile::scope(lossfloor_ops::profile::Category::Embedding);
+            self.affine.forward(emb)?
+        };
         h = if self.adaptive_scale {
             // silu(shift + norm1(h) * (scale + 1)), scale first and shift second.
             let params = params.unsqueeze(2)?.unsqueeze(3)?;

@@ -9,7 +9,10 @@ use crate::{NetsError, Result};
 
 /// A network `F(x; noise_labels, class_labels, augment_labels)` as called by
 /// EDM's preconditioners (the raw network, without c_skip / c_out / c_in).
-pub trait Network {
+///
+/// Networks are `Send + Sync` (their weights are shared, read-only tensors), so that a
+/// sampler can run several parts of a batch through one network on different threads.
+pub trait Network: Send + Sync {
     /// Forward pass.
     ///
     /// * `x`: `[N, in_channels, R, R]`

@@ -441,6 +441,7 @@ impl SongUNet {
             self.cfg.img_resolution,
         )?;
         let t = noise_labels.reshape((n, 1))?;
+        let prof = lossfloor_ops::profile::scope(lossfloor_ops::profile::Category::Embedding);
 
         // Mapping. EDM concatenates [cos, sin] and then swaps the halves.
         let arg = match &self.map_noise {
@@ -470,6 +471,7 @@ impl SongUNet {
         }
         let emb = self.map_layer0.forward(&emb)?.silu()?;
         let emb = self.map_layer1.forward(&emb)?.silu()?;
+        drop(prof);
 
         let drop = train.then_some(&*self.dropout_rng);
         // Encoder.
@@ -529,6 +531,9 @@ impl SongUNet {
                         let s = skips.pop().ok_or_else(|| {
                             NetsError::Config("decoder ran out of skip connections".into())
                         })?;
+                        let _prof = lossfloor_ops::profile::scope(
+                            lossfloor_ops::profile::Category::ElementwiseMemory,
+                        );
                         x = Tensor::cat(&[&x, &s], 1)?;
                     }
                     x = block.forward(&x, &emb, drop)?;

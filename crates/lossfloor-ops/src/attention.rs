@@ -15,16 +15,126 @@ use crate::storage::{contiguous, FromStorage};
 /// a[b, c, i] = Σ_j w[b, i, j] v[b, c, j] with w[b, i, ·] = softmax_j(Σ_c q[b,c,i] k[b,c,j] / √C).
 /// (Several heads are B = N·heads.)
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::Attention);
     let c = q.dim(1)?;
     // Two matmuls of B·L·L·C multiply-adds each: the logits and the weighted values.
     if let (Ok((b, _, l)), Ok(lk)) = (q.dims3(), k.dim(2)) {
         crate::macs::record_macs((2 * b * l * lk * c) as u64);
+    }
+    // Inference on the CPU: one fused pass per image, reading q, k, v where they lie.
+    let no_graph = !(q.track_op() || k.track_op() || v.track_op());
+    if no_graph && crate::cpu_kernels_apply(&[q, k, v]) && same_shape_3d(q, k, v) {
+        return q.apply_op3_no_bwd(k, v, &AttentionInference);
     }
     let k = (k / (c as f64).sqrt())?;
     // logits[b, i, j] = Σ_c q[b,c,i] k[b,c,j]
     let logits = q.transpose(1, 2)?.contiguous()?.matmul(&k.contiguous()?)?;
     let w = softmax_last(&logits)?;
     v.contiguous()?.matmul(&w.transpose(1, 2)?.contiguous()?)
+}
+
+fn same_shape_3d(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    q.rank() == 3 && q.dims() == k.dims() && q.dims() == v.dims()
+}
+
+/// [`attention`] for inference: per image b (in parallel), the logits
+/// s[i, j] = Σ_c q[c,i] k[c,j] / √C into an L×L buffer (one GEMM on q and k through their
+/// strides, so the views of a qkv tensor are never copied), softmax over j in place
+/// (exp(s − max) / Σ), then a[c, i] = Σ_j v[c,j] w[i,j] (a second GEMM). No backward pass:
+/// it is applied only to tensors that record no graph.
+struct AttentionInference;
+
+/// One image's attention (see [`AttentionInference`]); `q`, `k`, `v` start at the image's
+/// first element and are addressed by (channel, position) strides.
+#[allow(clippy::too_many_arguments)]
+fn attention_image<T: Elem>(
+    (c, l): (usize, usize),
+    q: (&[T], [usize; 2]),
+    k: (&[T], [usize; 2]),
+    v: (&[T], [usize; 2]),
+    w: &mut Vec<T>,
+    out: &mut [T],
+) {
+    w.resize(l * l, T::ZERO);
+    // s = qᵀ k: A = qᵀ [L × C], B = k [C × L].
+    crate::elem::gemm(l, l, c, q.0, q.1[1], q.1[0], k.0, k.1[0], k.1[1], w, false);
+    let scale = T::from_f64(1.0 / (c as f64).sqrt());
+    for row in w.chunks_exact_mut(l) {
+        let mut max = row[0] * scale;
+        for &s in row.iter() {
+            let s = s * scale;
+            if s > max {
+                max = s;
+            }
+        }
+        let mut sum = 0f64;
+        for s in row.iter_mut() {
+            *s = (*s * scale - max).exp();
+            sum += s.to_f64();
+        }
+        let inv = T::from_f64(1.0 / sum);
+        row.iter_mut().for_each(|s| *s = *s * inv);
+    }
+    // a = v wᵀ: A = v [C × L], B = wᵀ [L × L].
+    crate::elem::gemm(c, l, l, v.0, v.1[0], v.1[1], w, 1, l, out, false);
+}
+
+/// A 3-d tensor's elements, strides and start offset.
+type View<'a, T> = (&'a [T], [usize; 3], usize);
+
+fn view<'a, T: FromStorage>(s: &'a CpuStorage, lay: &Layout) -> Result<View<'a, T>> {
+    let v =
+        T::slice(s).ok_or_else(|| candle_core::Error::Msg("attention: unexpected dtype".into()))?;
+    let st = lay.stride();
+    Ok((v, [st[0], st[1], st[2]], lay.start_offset()))
+}
+
+/// Image `i` of a view: its elements from its first one, and its (channel, position) strides.
+fn image<'a, T>((v, st, off): View<'a, T>, i: usize) -> (&'a [T], [usize; 2]) {
+    (&v[off + i * st[0]..], [st[1], st[2]])
+}
+
+impl candle_core::CustomOp3 for AttentionInference {
+    fn name(&self) -> &'static str {
+        "lossfloor-attention-inference"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: FromStorage>(
+            (s1, l1): (&CpuStorage, &Layout),
+            (s2, l2): (&CpuStorage, &Layout),
+            (s3, l3): (&CpuStorage, &Layout),
+        ) -> Result<CpuStorage> {
+            let (b, c, l) = l1.shape().dims3()?;
+            let (qs, k_s, vs) = (view::<T>(s1, l1)?, view::<T>(s2, l2)?, view::<T>(s3, l3)?);
+            let mut out = vec![T::ZERO; b * c * l];
+            out.par_chunks_mut(c * l)
+                .enumerate()
+                .for_each_init(Vec::new, |w, (i, o)| {
+                    let (q, k, v) = (image(qs, i), image(k_s, i), image(vs, i));
+                    attention_image((c, l), q, k, v, w, o);
+                });
+            Ok(T::wrap(out))
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                run::<f32>((s1, l1), (s2, l2), (s3, l3))?
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                run::<f64>((s1, l1), (s2, l2), (s3, l3))?
+            }
+            _ => candle_core::bail!("{}: expected f32 or f64", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 /// Softmax over the last dimension, exp(x − max) / Σ exp(x − max). The max is a constant
@@ -39,6 +149,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// gradient sums each 2×2 block of the incoming gradient (4 × 2×2 average pooling). On the
 /// CPU (f32/f64) one parallel pass each way; elsewhere reshape + broadcast.
 pub fn upsample2x_nearest(x: &Tensor) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::Resampling);
     if crate::cpu_kernels_apply(&[x]) {
         x.contiguous()?.apply_op1(Up2x)
     } else {
@@ -145,6 +256,7 @@ impl CustomOp1 for Sum2x2 {
 /// 2×2 average pooling at stride 2 of `[N, C, H, W]` (EDM's down-sampling with the [1, 1]
 /// filter).
 pub fn downsample2x_box(x: &Tensor) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::Resampling);
     x.avg_pool2d(2)
 }
 
@@ -152,6 +264,7 @@ pub fn downsample2x_box(x: &Tensor) -> Result<Tensor> {
 /// scale. On the CPU (f32/f64) one op, so training keeps only a and b for it; composed,
 /// candle would also keep a + b until the backward pass ends. Both gradients are g·s.
 pub fn add_scaled(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::ElementwiseMemory);
     if crate::cpu_kernels_apply(&[a, b]) && a.dims() == b.dims() {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddScaled(s))
     } else if s == 1.0 {

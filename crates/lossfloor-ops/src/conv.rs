@@ -162,12 +162,23 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], x: &mut [T]) {
     }
 }
 
-fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+/// y_n = W · im2col(x_n) (+ b broadcast over the pixels), one image per task.
+///
+/// With a bias, each output row starts as its bias value and the GEMM accumulates onto it,
+/// so y = b + W·col is formed in the pass that writes y instead of in a second pass over it.
+/// (Unfolding several small images side by side into one wider GEMM was tried and measured
+/// slower at every U-Net shape: the per-image GEMMs are not call-bound.)
+fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let mut y = vec![T::ZERO; g.n * co * p];
     y.par_chunks_mut(co * p).enumerate().for_each_init(
         || Vec::new(),
         |col, (i, y_n)| {
+            if let Some(b) = bias {
+                for (row, &bv) in y_n.chunks_exact_mut(p).zip(b) {
+                    row.iter_mut().for_each(|v| *v = bv);
+                }
+            }
             let x_n = &x[i * g.in_len()..(i + 1) * g.in_len()];
             let cols: &[T] = if g.is_pointwise() {
                 x_n
@@ -176,7 +187,7 @@ fn forward<T: Elem>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                 im2col(g, x_n, col);
                 col
             };
-            gemm(co, p, k, w, k, 1, cols, p, 1, y_n, false);
+            gemm(co, p, k, w, k, 1, cols, p, 1, y_n, bias.is_some());
         },
     );
     y
@@ -269,7 +280,7 @@ impl ConvOp {
             Pass::Forward => {
                 let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
                 Ok((
-                    T::wrap(forward(&g, a, b)),
+                    T::wrap(forward(&g, a, b, None)),
                     Shape::from((g.n, g.c_out, g.ho, g.wo)),
                 ))
             }
@@ -362,6 +373,63 @@ impl CustomOp2 for ConvOp {
     }
 }
 
+/// The forward convolution with its bias added in the same pass, for inference: no backward
+/// pass (applied only to tensors that record no autograd graph).
+struct ConvBiasOp {
+    stride: usize,
+    pad: usize,
+}
+
+impl candle_core::CustomOp3 for ConvBiasOp {
+    fn name(&self) -> &'static str {
+        "lossfloor-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: FromStorage>(
+            op: &ConvBiasOp,
+            (s1, l1): (&CpuStorage, &Layout),
+            (s2, l2): (&CpuStorage, &Layout),
+            (s3, l3): (&CpuStorage, &Layout),
+        ) -> Result<(CpuStorage, Shape)> {
+            let g = Geom::new(l1.dims(), l2.dims(), op.stride, op.pad)?;
+            let (x, w) = (
+                contiguous::<T>(s1, l1, "conv2d")?,
+                contiguous::<T>(s2, l2, "conv2d")?,
+            );
+            let b = contiguous::<T>(s3, l3, "conv2d")?;
+            if b.len() != g.c_out {
+                candle_core::bail!(
+                    "conv2d: bias has {} values for {} channels",
+                    b.len(),
+                    g.c_out
+                );
+            }
+            Ok((
+                T::wrap(forward(&g, x, w, Some(b))),
+                Shape::from((g.n, g.c_out, g.ho, g.wo)),
+            ))
+        }
+        match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                run::<f32>(self, (s1, l1), (s2, l2), (s3, l3))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                run::<f64>(self, (s1, l1), (s2, l2), (s3, l3))
+            }
+            _ => candle_core::bail!("{}: expected three f32 or three f64 tensors", self.name()),
+        }
+    }
+}
+
 /// Whether this module's op (rather than candle's conv2d) takes these tensors: our CPU
 /// kernels, or cuDNN on CUDA when built with the `cudnn` feature.
 fn fast_path(x: &Tensor, w: &Tensor) -> bool {
@@ -382,6 +450,25 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    let prof = crate::profile::scope(crate::profile::Category::Convolution);
+    // Inference (nothing records a graph) on the CPU: the bias joins the GEMM's pass.
+    if let Some(b) = b {
+        let no_graph = !(x.track_op() || w.track_op() || b.track_op());
+        if no_graph && crate::cpu_kernels_apply(&[x, w, b]) {
+            let y = x.contiguous()?.apply_op3_no_bwd(
+                &w.contiguous()?,
+                &b.contiguous()?,
+                &ConvBiasOp {
+                    stride,
+                    pad: padding,
+                },
+            )?;
+            if let (Ok((n, c_out, h_out, w_out)), Ok((_, c_in, kh, kw))) = (y.dims4(), w.dims4()) {
+                crate::macs::record_macs((n * c_out * h_out * w_out * c_in * kh * kw) as u64);
+            }
+            return Ok(y);
+        }
+    }
     let y = if fast_path(x, w) {
         x.contiguous()?.apply_op2(
             &w.contiguous()?,
@@ -397,6 +484,8 @@ pub fn conv2d(
     if let (Ok((n, c_out, h_out, w_out)), Ok((_, c_in, kh, kw))) = (y.dims4(), w.dims4()) {
         crate::macs::record_macs((n * c_out * h_out * w_out * c_in * kh * kw) as u64);
     }
+    drop(prof);
+    let _prof = crate::profile::scope(crate::profile::Category::ElementwiseMemory);
     add_channel_bias(y, b)
 }
 

@@ -514,6 +514,7 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::GroupNormSilu);
     check(x, groups, gamma)?;
     if crate::kernels_apply(&[x, gamma, beta]) {
         x.contiguous()?.apply_op3(
@@ -545,6 +546,7 @@ pub fn group_norm_shifted(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
+    let _prof = crate::profile::scope(crate::profile::Category::GroupNormSilu);
     check(x, groups, gamma)?;
     let d = x.dims();
     if shift.dims() != [d[0], d[1]] {

@@ -28,6 +28,7 @@ pub mod macs;
 pub mod optim;
 #[cfg(feature = "cuda")]
 mod optim_cuda;
+pub mod profile;
 mod storage;
 pub use storage::{cpu_kernels_apply, kernels_apply};
 

@@ -370,3 +370,63 @@ fn shifted_group_norm_matches_composition_and_finite_differences() {
         }
     }
 }
+
+/// The inference attention (inputs that record no graph: one fused kernel reading q, k, v
+/// through their strides) against the loops, on views of one qkv tensor as the U-Nets pass
+/// them, and against the differentiable composition.
+#[test]
+fn inference_attention_matches_brute_force_on_strided_views() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for &(b, c, l) in &[(2, 3, 5), (3, 8, 16), (1, 4, 1)] {
+        let qkv = (random(&[b, c, 3, l], &mut rng, DType::F64) * 2.0).unwrap();
+        let part = |i: usize| qkv.narrow(2, i, 1).unwrap().squeeze(2).unwrap();
+        let (q, k, v) = (part(0), part(1), part(2));
+        assert!(!q.is_contiguous());
+        let want = attention_brute_force(
+            &q.contiguous().unwrap(),
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+        );
+        let want = Tensor::from_vec(want, (b, c, l), &Device::Cpu).unwrap();
+        let y = attention(&q, &k, &v).unwrap();
+        assert!(max_rel_diff(&y, &want) < 1e-12, "f64 {b}x{c}x{l}");
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let y32 = attention(&f32(&q), &f32(&k), &f32(&v)).unwrap();
+        assert!(max_rel_diff(&y32, &want) < 1e-5, "f32 {b}x{c}x{l}");
+        // The composed (training) path on the same values: a Var input takes it.
+        let qv = Var::from_tensor(&f32(&q)).unwrap();
+        let composed = attention(qv.as_tensor(), &f32(&k), &f32(&v)).unwrap();
+        assert!(max_rel_diff(&y32, &composed) < 1e-5, "composed {b}x{c}x{l}");
+    }
+}
+
+/// The inference convolution with its bias in the GEMM pass against candle's conv2d plus a
+/// broadcast bias, in f64 and f32, with stride and padding.
+#[test]
+fn inference_conv_bias_matches_conv_then_bias() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for &(n, ci, h, co, k, s, p) in &[
+        (2, 3, 7, 4, 3, 1, 1),
+        (3, 2, 8, 5, 1, 1, 0),
+        (1, 4, 9, 3, 3, 2, 1),
+    ] {
+        let x = random(&[n, ci, h, h], &mut rng, DType::F64);
+        let w = random(&[co, ci, k, k], &mut rng, DType::F64);
+        let b = (random(&[co], &mut rng, DType::F64) * 3.0).unwrap();
+        let want = conv2d_reference(&x, &w, Some(&b), s, p).unwrap();
+        let y = conv2d(&x, &w, Some(&b), s, p).unwrap();
+        assert!(
+            max_rel_diff(&y, &want) < 1e-12,
+            "f64 {n}x{ci}x{h} k{k} s{s}"
+        );
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let y32 = conv2d(&f32(&x), &f32(&w), Some(&f32(&b)), s, p).unwrap();
+        assert!(
+            max_rel_diff(&y32, &want) < 1e-5,
+            "f32 {n}x{ci}x{h} k{k} s{s}"
+        );
+        // A bias of the wrong length is an error, not a panic.
+        let bad = random(&[co + 1], &mut rng, DType::F64);
+        assert!(conv2d(&x, &w, Some(&bad), s, p).is_err());
+    }
+}

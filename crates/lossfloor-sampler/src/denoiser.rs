@@ -1,7 +1,7 @@
 //! The [`Denoiser`] trait D(x̂; σ̂) and an adapter from a preconditioned raw network.
 
 use candle_core::{DType, Tensor};
-use lossfloor_core::Process;
+use lossfloor_core::{Precond, Process};
 
 /// A denoiser D(x̂; σ̂) in VE / x0 coordinates: given x̂ = x0 + σ̂ ε it returns an
 /// estimate of x0 (EDM's `net(x, sigma, class_labels)`).
@@ -36,6 +36,25 @@ pub trait Denoiser {
     fn round_sigma(&self, sigma: f64) -> f64 {
         sigma
     }
+    /// The denoiser as c_skip·x + c_out·F(c_in·x; c_noise), when it is one: the sampler
+    /// then forms c_in·x and D inside its own passes ([`crate::fused`]) and calls only F.
+    fn preconditioned(&self) -> Option<&dyn Preconditioned> {
+        None
+    }
+}
+
+/// A denoiser of the form D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ)).
+pub trait Preconditioned {
+    /// The coefficients at noise level σ.
+    fn precond(&self, sigma: f64) -> Precond;
+    /// The raw network F on its input `x_in` = c_in·x (f32 `[N, C, H, W]`); returns f32 of
+    /// the same shape.
+    fn raw(
+        &self,
+        x_in: &Tensor,
+        c_noise: f64,
+        class_labels: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor>;
 }
 
 impl<T: Denoiser + ?Sized> Denoiser for &T {
@@ -55,6 +74,9 @@ impl<T: Denoiser + ?Sized> Denoiser for &T {
     }
     fn round_sigma(&self, sigma: f64) -> f64 {
         (**self).round_sigma(sigma)
+    }
+    fn preconditioned(&self) -> Option<&dyn Preconditioned> {
+        (**self).preconditioned()
     }
 }
 
@@ -91,9 +113,14 @@ where
         sigma: f64,
         class_labels: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
+        use lossfloor_ops::profile::{scope, Category};
         let p = self.process.precond(sigma);
+        let prof = scope(Category::Heun);
         let x = x.to_dtype(DType::F32)?;
-        let f = (self.net)(&x.affine(p.c_in, 0.0)?, p.c_noise, class_labels)?;
+        let x_in = x.affine(p.c_in, 0.0)?;
+        drop(prof);
+        let f = (self.net)(&x_in, p.c_noise, class_labels)?;
+        let _prof = scope(Category::Heun);
         let f = f.to_dtype(DType::F32)?;
         x.affine(p.c_skip, 0.0)? + f.affine(p.c_out, 0.0)?
     }
@@ -105,5 +132,25 @@ where
     }
     fn round_sigma(&self, sigma: f64) -> f64 {
         self.process.round_sigma(sigma)
+    }
+    fn preconditioned(&self) -> Option<&dyn Preconditioned> {
+        Some(self)
+    }
+}
+
+impl<F> Preconditioned for PrecondDenoiser<F>
+where
+    F: Fn(&Tensor, f64, Option<&Tensor>) -> candle_core::Result<Tensor>,
+{
+    fn precond(&self, sigma: f64) -> Precond {
+        self.process.precond(sigma)
+    }
+    fn raw(
+        &self,
+        x_in: &Tensor,
+        c_noise: f64,
+        class_labels: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        (self.net)(x_in, c_noise, class_labels)?.to_dtype(DType::F32)
     }
 }

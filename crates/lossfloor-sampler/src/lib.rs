@@ -33,17 +33,19 @@
 
 pub mod denoiser;
 pub mod error;
+pub mod fused;
 pub mod guidance;
+pub mod image_split;
 pub mod io;
 pub mod net_denoiser;
 pub mod sampler;
 pub mod seeds;
 
-pub use denoiser::{Denoiser, PrecondDenoiser};
+pub use denoiser::{Denoiser, PrecondDenoiser, Preconditioned};
 pub use error::{Result, SamplerError};
 pub use guidance::{check_guidance, guided_output, GuidedDenoiser};
 pub use io::{
     image_path, latents_from_npy, save_grid_png, save_npy_f32, save_png, to_uint8, write_atomic,
 };
-pub use sampler::{churn_gamma, edm_time_steps, sample, HeunConfig, Solver};
+pub use sampler::{churn_gamma, edm_time_steps, sample, sample_composed, HeunConfig, Solver};
 pub use seeds::{one_hot, parse_seeds, random_class, SeedRng};

@@ -42,6 +42,7 @@ pub fn network_denoiser<'a>(
 }
 
 /// The network a denoiser evaluates: borrowed from the caller, or owned by the denoiser.
+// Sync because the image split (crate::image_split) shares it between threads.
 enum NetHandle<'a> {
     Borrowed(&'a dyn Network),
     Owned(Box<dyn Network>),
@@ -64,13 +65,8 @@ fn denoiser_over<'a>(
 ) -> Result<NetworkDenoiser<'a>> {
     let process = process_from_spec(precond)?;
     let f: NetFn<'a> = Box::new(move |x: &Tensor, c_noise: f64, labels: Option<&Tensor>| {
-        let n = x.dim(0)?;
-        let noise = Tensor::full(c_noise as f32, n, x.device())?;
         let labels = labels.map(|l| l.to_dtype(DType::F32)).transpose()?;
-        let out = network
-            .get()
-            .forward(x, &noise, labels.as_ref(), None, false)
-            .map_err(|e| candle_core::Error::Msg(format!("network forward: {e}")))?;
+        let out = crate::image_split::forward_split(network.get(), x, c_noise, labels.as_ref())?;
         let c = out.dim(1)?;
         if c < img_channels {
             candle_core::bail!("network output has {c} channels, expected at least {img_channels}")

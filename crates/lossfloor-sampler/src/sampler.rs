@@ -166,15 +166,22 @@ fn check_shape(what: &str, t: &Tensor, dims: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` inside the profiler's [`Category::Heun`](lossfloor_ops::profile::Category) scope.
+fn heun_scope<R>(f: impl FnOnce() -> R) -> R {
+    let _prof = lossfloor_ops::profile::scope(lossfloor_ops::profile::Category::Heun);
+    f()
+}
+
 fn call_denoiser(
     denoiser: &dyn Denoiser,
     x: &Tensor,
     sigma: f64,
     class_labels: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let d = denoiser.denoise(&x.to_dtype(DType::F32)?, sigma, class_labels)?;
+    let x32 = heun_scope(|| x.to_dtype(DType::F32))?;
+    let d = denoiser.denoise(&x32, sigma, class_labels)?;
     check_shape("denoiser output", &d, x.dims())?;
-    Ok(d.to_dtype(DType::F64)?)
+    Ok(heun_scope(|| d.to_dtype(DType::F64))?)
 }
 
 /// EDM's Algorithm 2 (`edm_sampler`): deterministic (S_churn = 0) or stochastic sampling
@@ -193,7 +200,149 @@ fn call_denoiser(
 ///
 /// As in EDM, the state x is kept in float64 (on the latents' device) and cast to
 /// float32 only for the denoiser; σ is passed in float64.  Returns x_N as f32.
+///
+/// On the CPU the per-step arithmetic runs as the fused passes of [`crate::fused`] (for a
+/// preconditioned denoiser, c_in·x and D = c_skip·x + c_out·F included), with the same
+/// results to the bit as [`sample_composed`], which any other device uses.
 pub fn sample(
+    denoiser: &dyn Denoiser,
+    latents: &Tensor,
+    class_labels: Option<&Tensor>,
+    cfg: &HeunConfig,
+    noise: &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    if latents.device().is_cpu() {
+        sample_fused(denoiser, latents, class_labels, cfg, noise)
+    } else {
+        sample_composed(denoiser, latents, class_labels, cfg, noise)
+    }
+}
+
+fn check_latents(latents: &Tensor) -> Result<()> {
+    if latents.rank() != 4 {
+        return Err(SamplerError::Shape {
+            what: "latents".into(),
+            found: latents.dims().to_vec(),
+            expected: "[N, C, H, W]".into(),
+        });
+    }
+    Ok(())
+}
+
+/// One evaluation's output: the raw network output F with (c_skip, c_out) for a
+/// preconditioned denoiser, or D itself with `None`.
+type Evaluation = (Vec<f32>, Option<(f64, f64)>);
+
+/// One denoiser evaluation of [`sample_fused`] at x (float64, on the CPU), with the
+/// network input formed from x by `x_in` when it is already known. Returns where the
+/// pass finds D: the raw output F (for a preconditioned denoiser) or D.
+fn evaluate(
+    denoiser: &dyn Denoiser,
+    x: &[f64],
+    x_in: Option<Vec<f32>>,
+    sigma: f64,
+    shape: &[usize],
+    class_labels: Option<&Tensor>,
+) -> Result<Evaluation> {
+    let dev = candle_core::Device::Cpu;
+    let out = match denoiser.preconditioned() {
+        Some(p) => {
+            let c = p.precond(sigma);
+            let x_in =
+                x_in.unwrap_or_else(|| heun_scope(|| crate::fused::network_inputs(x, c.c_in)));
+            let f = p.raw(
+                &Tensor::from_vec(x_in, shape, &dev)?,
+                c.c_noise,
+                class_labels,
+            )?;
+            check_shape("network output", &f, shape)?;
+            (f, Some((c.c_skip, c.c_out)))
+        }
+        None => {
+            let x32 = heun_scope(|| x.iter().map(|&v| v as f32).collect::<Vec<f32>>());
+            let d = denoiser.denoise(&Tensor::from_vec(x32, shape, &dev)?, sigma, class_labels)?;
+            check_shape("denoiser output", &d, shape)?;
+            (d, None)
+        }
+    };
+    let v = out
+        .0
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok((v, out.1))
+}
+
+/// [`sample`] on the CPU with the sampler's arithmetic in the fused passes of
+/// [`crate::fused`]: per Heun step one pass for the Euler step (which also forms the next
+/// network input) and one for the correction.
+fn sample_fused(
+    denoiser: &dyn Denoiser,
+    latents: &Tensor,
+    class_labels: Option<&Tensor>,
+    cfg: &HeunConfig,
+    noise: &mut dyn FnMut(&[usize]) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    use crate::fused::{churn_pass, euler_pass, heun_pass, Denoised};
+    check_latents(latents)?;
+    let t_steps = edm_time_steps(cfg, denoiser)?;
+    let n = cfg.num_steps;
+    let shape = latents.dims().to_vec();
+    let len = latents.elem_count();
+    let mut x_next: Vec<f64> = latents
+        .to_dtype(DType::F64)?
+        .affine(t_steps[0], 0.0)?
+        .flatten_all()?
+        .to_vec1()?;
+    let (mut d, mut x_hat_buf) = (vec![0f64; len], vec![0f64; len]);
+    for i in 0..n {
+        let t_cur = t_steps[i];
+        let t_next = t_steps[i + 1];
+        // x̂ = x_i (+ churn): x_next becomes x̂, and its buffer is reused for x_{i+1}.
+        std::mem::swap(&mut x_hat_buf, &mut x_next);
+        let x_hat = &mut x_hat_buf;
+        let gamma = churn_gamma(cfg, t_cur);
+        let t_hat = denoiser.round_sigma(t_cur + gamma * t_cur);
+        if t_hat > t_cur {
+            let eps = noise(&shape)?;
+            check_shape("churn noise", &eps, &shape)?;
+            let eps: Vec<f64> = eps.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            let scale = (t_hat * t_hat - t_cur * t_cur).sqrt() * cfg.s_noise;
+            heun_scope(|| churn_pass(x_hat, &eps, scale));
+        }
+        let x_hat: &[f64] = x_hat;
+
+        // Euler step.
+        let (den, coef) = evaluate(denoiser, x_hat, None, t_hat, &shape, class_labels)?;
+        let second = cfg.solver == Solver::Heun && i < n - 1;
+        let next_c_in = match (second, denoiser.preconditioned()) {
+            (true, Some(p)) => Some(p.precond(t_next).c_in),
+            _ => None,
+        };
+        let den = match coef {
+            Some((c_skip, c_out)) => Denoised::Raw(&den, c_skip, c_out),
+            None => Denoised::Direct(&den),
+        };
+        let x_in =
+            heun_scope(|| euler_pass(x_hat, den, (t_hat, t_next), &mut d, &mut x_next, next_c_in));
+
+        // Second-order correction.
+        if second {
+            let (den, coef) = evaluate(denoiser, &x_next, x_in, t_next, &shape, class_labels)?;
+            let den = match coef {
+                Some((c_skip, c_out)) => Denoised::Raw(&den, c_skip, c_out),
+                None => Denoised::Direct(&den),
+            };
+            heun_scope(|| heun_pass(x_hat, &d, den, (t_hat, t_next), &mut x_next));
+        }
+    }
+    let out: Vec<f32> = x_next.iter().map(|&v| v as f32).collect();
+    Ok(Tensor::from_vec(out, shape, latents.device())?)
+}
+
+/// [`sample`] composed of candle ops on the latents' device: the reference form of the
+/// sampler, used on devices other than the CPU.
+pub fn sample_composed(
     denoiser: &dyn Denoiser,
     latents: &Tensor,
     class_labels: Option<&Tensor>,
@@ -230,15 +379,17 @@ pub fn sample(
 
         // Euler step.
         let denoised = call_denoiser(denoiser, &x_hat, t_hat, class_labels)?;
-        let d_cur = ((&x_hat - denoised)? / t_hat)?;
-        x_next = (&x_hat + d_cur.affine(t_next - t_hat, 0.0)?)?;
+        let d_cur = heun_scope(|| (&x_hat - denoised)? / t_hat)?;
+        x_next = heun_scope(|| &x_hat + d_cur.affine(t_next - t_hat, 0.0)?)?;
 
         // Second-order correction.
         if cfg.solver == Solver::Heun && i < n - 1 {
             let denoised = call_denoiser(denoiser, &x_next, t_next, class_labels)?;
-            let d_prime = ((&x_next - denoised)? / t_next)?;
-            let slope = (d_cur.affine(0.5, 0.0)? + d_prime.affine(0.5, 0.0)?)?;
-            x_next = (&x_hat + slope.affine(t_next - t_hat, 0.0)?)?;
+            x_next = heun_scope(|| {
+                let d_prime = ((&x_next - denoised)? / t_next)?;
+                let slope = (d_cur.affine(0.5, 0.0)? + d_prime.affine(0.5, 0.0)?)?;
+                &x_hat + slope.affine(t_next - t_hat, 0.0)?
+            })?;
         }
     }
     Ok(x_next.to_dtype(DType::F32)?)
