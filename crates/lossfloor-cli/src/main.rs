@@ -74,7 +74,9 @@ fn main() -> ExitCode {
     let comm = match lossfloor_comm::init() {
         Ok(comm) => comm,
         Err(err) => {
-            eprintln!("error: {err}");
+            // One write: every rank of an mpirun job prints this, and their lines must not mix.
+            let text = format!("error: {err}\n");
+            eprint!("{text}");
             return ExitCode::FAILURE;
         }
     };
