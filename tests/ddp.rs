@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-use common::{assert_ok, write_npy_f32};
+use common::{assert_ok, newest_state_nimg, state_bits, write_npy_f32, write_tiny_config, TinyRun};
 
 const BATCH: u64 = 8;
 
@@ -62,52 +61,19 @@ fn ranks(mpi: &mut Command, n: usize, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A 2-level DDPM++-style net on 8×8 images with dropout and x-flips; `steps` steps of 8
-/// images in rounds of 4 (`batch_gpu`), a tick every `tick` steps, a state on every tick.
+/// The tiny run: `steps` steps of 8 images in rounds of 4 (`batch_gpu`), a tick every
+/// `tick` steps, a state on every tick.
 fn write_config(dir: &Path, steps: u64, tick: u64) -> PathBuf {
-    let npy = dir.join("data.npy");
-    if !npy.exists() {
-        let values: Vec<f32> = (0..16 * 64)
-            .map(|i| ((i as f32) * 0.37).cos() * 0.8)
-            .collect();
-        write_npy_f32(&npy, &[16, 1, 8, 8], &values);
-    }
-    let cfg = dir.join(format!("tiny-{steps}.toml"));
-    let text = format!(
-        r#"
-[data]
-spec = "npy:{}"
-xflip = true
-[network]
-arch = "songunet"
-img_resolution = 8
-in_channels = 1
-out_channels = 1
-model_channels = 8
-channel_mult = [1, 2]
-num_blocks = 1
-attn_resolutions = [4]
-dropout = 0.2
-[optimizer]
-lr = 1e-2
-rampup_kimg = 0.02
-[ema]
-halflife_kimg = 0.02
-[train]
-batch = {BATCH}
-batch_gpu = 4
-duration_kimg = {}
-tick_kimg = {}
-snapshot_ticks = 5
-state_ticks = 1
-seed = 11
-"#,
-        npy.display(),
-        (steps * BATCH) as f64 / 1000.0,
-        (tick * BATCH) as f64 / 1000.0,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    write_tiny_config(
+        dir,
+        &TinyRun {
+            file_name: &format!("tiny-{steps}.toml"),
+            batch: BATCH,
+            batch_gpu: Some(4),
+            steps,
+            tick_steps: tick,
+        },
+    )
 }
 
 fn train_args<'a>(cfg: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
@@ -119,31 +85,6 @@ fn train_args<'a>(cfg: &'a Path, run: &'a Path, extra: &[&'a str]) -> Vec<&'a st
     ];
     a.extend_from_slice(extra);
     a
-}
-
-/// Every tensor of the training state at `nimg`, as bits, sorted by name.
-fn state_bits(run: &Path, nimg: u64) -> Vec<(String, Vec<u32>)> {
-    let path = run.join(format!("training-state-{nimg:010}.safetensors"));
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out: Vec<(String, Vec<u32>)> = tensors
-        .into_iter()
-        .map(|(name, t)| (name, f32_bits(&t)))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn f32_bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 fn assert_same_state(a: &Path, b: &Path, nimg: u64) {
@@ -316,24 +257,6 @@ fn estimate_on_two_ranks_is_one_process_bit_for_bit() {
         assert_eq!(c1, c2, "{method}: the curves differ");
         assert!(c1.contains("\"loss\""), "{c1}");
     }
-}
-
-/// The newest training state's image count in `run` (0 if none).
-fn newest_state_nimg(run: &Path) -> u64 {
-    std::fs::read_dir(run)
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    let name = e.ok()?.file_name().into_string().ok()?;
-                    name.strip_prefix("training-state-")?
-                        .strip_suffix(".safetensors")?
-                        .parse::<u64>()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
 }
 
 /// The pid of the process whose environment holds both `tag` and `OMPI_COMM_WORLD_RANK=rank`.

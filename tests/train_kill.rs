@@ -8,55 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
-use common::{assert_ok, lossfloor, write_npy_f32};
+use common::{assert_ok, lossfloor, newest_state_nimg, state_bits, write_tiny_config, TinyRun};
 
 const STEPS: u64 = 40;
 const BATCH: u64 = 4;
 
-/// A 2-level DDPM++-style net on 8×8 images with dropout and x-flips, one step per tick
-/// and a training state written on every tick.
+/// The tiny run, one step per tick and a training state written on every tick.
 fn write_config(dir: &Path) -> PathBuf {
-    let npy = dir.join("data.npy");
-    let values: Vec<f32> = (0..16 * 64)
-        .map(|i| ((i as f32) * 0.37).cos() * 0.8)
-        .collect();
-    write_npy_f32(&npy, &[16, 1, 8, 8], &values);
-    let cfg = dir.join("tiny.toml");
-    let text = format!(
-        r#"
-[data]
-spec = "npy:{}"
-xflip = true
-[network]
-arch = "songunet"
-img_resolution = 8
-in_channels = 1
-out_channels = 1
-model_channels = 8
-channel_mult = [1, 2]
-num_blocks = 1
-attn_resolutions = [4]
-dropout = 0.2
-[optimizer]
-lr = 1e-2
-rampup_kimg = 0.02
-[ema]
-halflife_kimg = 0.02
-[train]
-batch = {BATCH}
-duration_kimg = {}
-tick_kimg = {}
-snapshot_ticks = 5
-state_ticks = 1
-seed = 11
-"#,
-        npy.display(),
-        (STEPS * BATCH) as f64 / 1000.0,
-        BATCH as f64 / 1000.0,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    write_tiny_config(
+        dir,
+        &TinyRun {
+            file_name: "tiny.toml",
+            batch: BATCH,
+            batch_gpu: None,
+            steps: STEPS,
+            tick_steps: 1,
+        },
+    )
 }
 
 fn train_cmd(cfg: &Path, run_dir: &Path, resume: bool) -> Command {
@@ -71,23 +39,6 @@ fn train_cmd(cfg: &Path, run_dir: &Path, resume: bool) -> Command {
         c.args(["--resume", "auto"]);
     }
     c
-}
-
-/// The number of images of the newest training state in `run_dir` (0 if none).
-fn newest_state_nimg(run_dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("training-state-")?
-                .strip_suffix(".safetensors")?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 /// Waits until the run has written a state at `min_step` steps or later, waits `extra`
@@ -110,38 +61,7 @@ fn kill_after(mut child: Child, run_dir: &Path, min_step: u64, extra: Duration) 
 }
 
 fn final_state(run_dir: &Path) -> Vec<(String, Vec<u32>)> {
-    let path = run_dir.join(format!("training-state-{:010}.safetensors", STEPS * BATCH));
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out: Vec<(String, Vec<u32>)> = tensors
-        .into_iter()
-        .map(|(name, t)| (name, bits(&t)))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    let flat = t.flatten_all().unwrap();
-    match flat.dtype() {
-        candle_core::DType::F32 => flat
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect(),
-        other => flat
-            .to_dtype(candle_core::DType::F64)
-            .unwrap_or_else(|e| panic!("{other:?}: {e}"))
-            .to_vec1::<f64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| {
-                let b = v.to_bits();
-                [b as u32, (b >> 32) as u32]
-            })
-            .collect(),
-    }
+    state_bits(run_dir, STEPS * BATCH)
 }
 
 /// The `kimg` of every line of `stats.jsonl`.

@@ -69,3 +69,120 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], values: &[f32]) {
     let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(path, "<f4", shape, &data);
 }
+
+/// The shape of a tiny training run ([`write_tiny_config`]): `steps` optimizer steps of
+/// `batch` images (in rounds of `batch_gpu` when given), a tick every `tick_steps` steps.
+pub struct TinyRun<'a> {
+    pub file_name: &'a str,
+    pub batch: u64,
+    pub batch_gpu: Option<u64>,
+    pub steps: u64,
+    pub tick_steps: u64,
+}
+
+/// Writes `dir/data.npy` (16 fixed 8×8 images, once) and `dir/<file_name>`: a 2-level
+/// DDPM++-style net on them with dropout and x-flips, a training state on every tick and a
+/// snapshot every 5, seed 11. The runs of `tests/train_kill.rs` and `tests/ddp.rs`.
+pub fn write_tiny_config(dir: &Path, run: &TinyRun) -> std::path::PathBuf {
+    let npy = dir.join("data.npy");
+    if !npy.exists() {
+        let values: Vec<f32> = (0..16 * 64)
+            .map(|i| ((i as f32) * 0.37).cos() * 0.8)
+            .collect();
+        write_npy_f32(&npy, &[16, 1, 8, 8], &values);
+    }
+    let batch_gpu = run
+        .batch_gpu
+        .map(|b| format!("batch_gpu = {b}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+[data]
+spec = "npy:{}"
+xflip = true
+[network]
+arch = "songunet"
+img_resolution = 8
+in_channels = 1
+out_channels = 1
+model_channels = 8
+channel_mult = [1, 2]
+num_blocks = 1
+attn_resolutions = [4]
+dropout = 0.2
+[optimizer]
+lr = 1e-2
+rampup_kimg = 0.02
+[ema]
+halflife_kimg = 0.02
+[train]
+batch = {}
+{batch_gpu}duration_kimg = {}
+tick_kimg = {}
+snapshot_ticks = 5
+state_ticks = 1
+seed = 11
+"#,
+        npy.display(),
+        run.batch,
+        (run.steps * run.batch) as f64 / 1000.0,
+        (run.tick_steps * run.batch) as f64 / 1000.0,
+    );
+    let cfg = dir.join(run.file_name);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// The image count of the newest training state in `run_dir` (0 if none).
+pub fn newest_state_nimg(run_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("training-state-")?
+                .strip_suffix(".safetensors")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every tensor of the training state at `nimg` images in `run_dir`, as bits, sorted by name.
+pub fn state_bits(run_dir: &Path, nimg: u64) -> Vec<(String, Vec<u32>)> {
+    let path = run_dir.join(format!("training-state-{nimg:010}.safetensors"));
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out: Vec<(String, Vec<u32>)> = tensors
+        .into_iter()
+        .map(|(name, t)| (name, tensor_bits(&t)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A tensor's values as bits: f32 as they are, other dtypes through f64 (two words each).
+pub fn tensor_bits(t: &candle_core::Tensor) -> Vec<u32> {
+    let flat = t.flatten_all().unwrap();
+    match flat.dtype() {
+        candle_core::DType::F32 => flat
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect(),
+        other => flat
+            .to_dtype(candle_core::DType::F64)
+            .unwrap_or_else(|e| panic!("{other:?}: {e}"))
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| {
+                let b = v.to_bits();
+                [b as u32, (b >> 32) as u32]
+            })
+            .collect(),
+    }
+}
