@@ -94,6 +94,25 @@ pub fn rank_device(cfg: &Config, comm: &dyn Communicator) -> Result<Device> {
     })
 }
 
+/// Ranks whose value differs from rank 0's, with the first such rank's value and rank 0's.
+struct Disagreement {
+    ranks: Vec<usize>,
+    theirs: u64,
+    root: u64,
+}
+
+/// Gathers every rank's `value` and compares it with rank 0's: the checks below differ only
+/// in what they compare and what they say.
+fn disagreement(comm: &dyn Communicator, value: u64) -> Result<Option<Disagreement>> {
+    let all = comm.gather_u64(value)?;
+    let ranks = ranks_differing_from_root(&all);
+    Ok(ranks.first().map(|&r| Disagreement {
+        theirs: all[r],
+        root: all[0],
+        ranks: ranks.clone(),
+    }))
+}
+
 /// Refuses to start when the ranks were given different configs (or data): each rank
 /// compares a checksum of its resolved config and dataset size with rank 0's.
 pub fn check_same_config(comm: &dyn Communicator, cfg_text: &str, data_len: usize) -> Result<()> {
@@ -104,21 +123,19 @@ pub fn check_same_config(comm: &dyn Communicator, cfg_text: &str, data_len: usiz
         &(data_len as u64).to_le_bytes(),
         fnv1a64(cfg_text.as_bytes(), FNV_OFFSET),
     );
-    let all = comm.gather_u64(hash)?;
-    let differ = ranks_differing_from_root(&all);
-    if !differ.is_empty() {
+    if let Some(d) = disagreement(comm, hash)? {
         bail!(
             "rank{} {} got a different config or dataset than rank 0 (config checksum \
              {:016x} vs {:016x}): every rank must get the same config file, --set options \
              and data",
-            if differ.len() > 1 { "s" } else { "" },
-            differ
+            if d.ranks.len() > 1 { "s" } else { "" },
+            d.ranks
                 .iter()
                 .map(|r| r.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            all[differ[0]],
-            all[0]
+            d.theirs,
+            d.root
         );
     }
     Ok(())
@@ -127,15 +144,14 @@ pub fn check_same_config(comm: &dyn Communicator, cfg_text: &str, data_len: usiz
 /// Refuses to go on when the ranks resumed different training states (a run directory
 /// that is not shared between machines, say): each compares its images seen with rank 0's.
 pub fn check_same_resume(comm: &dyn Communicator, state: &Path, nimg: u64) -> Result<()> {
-    let all = comm.gather_u64(nimg)?;
-    let differ = ranks_differing_from_root(&all);
-    if !differ.is_empty() {
+    if let Some(d) = disagreement(comm, nimg)? {
         bail!(
-            "{}: rank(s) {differ:?} resumed at {} images, rank 0 at {}: every rank must see \
-             the same run directory (a shared file system)",
+            "{}: rank(s) {:?} resumed at {} images, rank 0 at {}: every rank must see the \
+             same run directory (a shared file system)",
             state.display(),
-            all[differ[0]],
-            all[0]
+            d.ranks,
+            d.theirs,
+            d.root
         );
     }
     Ok(())
@@ -160,15 +176,13 @@ pub fn check_same_weights(
             hash = fnv1a64(&v.to_bits().to_le_bytes(), hash);
         }
     }
-    let all = comm.gather_u64(hash)?;
-    let differ = ranks_differing_from_root(&all);
-    if !differ.is_empty() {
+    if let Some(d) = disagreement(comm, hash)? {
         bail!(
             "after step {step} the weights of rank(s) {:?} differ from rank 0's (checksums \
              {:016x} vs {:016x}): the ranks no longer train one model; stopping",
-            differ,
-            all[differ[0]],
-            all[0]
+            d.ranks,
+            d.theirs,
+            d.root
         );
     }
     Ok(())
