@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::chunk_softmax::ChunkPieces;
 use crate::exact::draw_queries;
 use crate::source::RowSource;
-use crate::stats::{mean_stderr, MeanStderr};
+use crate::stats::{block_mean_stderr, MeanStderr};
 
 /// Queries per tile on a device: tall enough for the GEMMs to reach the device's peak.
 pub const DEVICE_QUERY_TILE: usize = 1024;
@@ -198,14 +198,7 @@ pub fn estimate_exact_on_device_tiled(
             .map_err(|e| {
                 candle_core::Error::Msg(format!("sharing the tiles between ranks: {e}"))
             })?;
-    let mut values = vec![Vec::with_capacity(queries); sigmas.len()];
-    for (i, terms) in all.iter().enumerate() {
-        let t = len(i);
-        for (k, out) in values.iter_mut().enumerate() {
-            out.extend_from_slice(&terms[k * t..(k + 1) * t]);
-        }
-    }
-    Ok(values.iter().map(|v| mean_stderr(v)).collect())
+    Ok(block_mean_stderr(&all, sigmas.len()))
 }
 
 /// Posterior variance per dimension of each query of the tile, per σ̂: `[k][q]`. With

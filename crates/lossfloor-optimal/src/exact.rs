@@ -7,7 +7,7 @@ use crate::draws::{fill_normal, rng_for, Stream};
 use crate::error::EstimateError;
 use crate::kernel::{posterior_moments, QueryTile, SourceTerm};
 use crate::source::RowSource;
-use crate::stats::{mean_stderr, MeanStderr};
+use crate::stats::{block_mean_stderr, MeanStderr};
 use rand::Rng;
 
 /// Queries per tile: each tile is one unit of parallel work; 128 queries make the shared
@@ -104,14 +104,5 @@ pub fn estimate_exact_ranks(
         .collect();
     let per_tile = gather_in_rank_order(comm, &local, tiles.len(), |i| sigmas.len() * tiles[i].1)
         .map_err(|e| EstimateError::Ranks(e.to_string()))?;
-    Ok((0..sigmas.len())
-        .map(|k| {
-            let values: Vec<f64> = tiles
-                .iter()
-                .zip(&per_tile)
-                .flat_map(|(&(_, t), v)| v[k * t..(k + 1) * t].iter().copied())
-                .collect();
-            mean_stderr(&values)
-        })
-        .collect())
+    Ok(block_mean_stderr(&per_tile, sigmas.len()))
 }

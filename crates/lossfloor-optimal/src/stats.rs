@@ -8,6 +8,24 @@ pub struct MeanStderr {
     pub count: usize,
 }
 
+/// [`mean_stderr`] per σ̂ of per-query terms that arrive in blocks (tiles or batches of
+/// queries), each block σ̂-major (`[k][query]`, `sigmas` rows): σ̂ k's values are the k-th
+/// row of every block, in block order.
+pub fn block_mean_stderr(blocks: &[Vec<f64>], sigmas: usize) -> Vec<MeanStderr> {
+    (0..sigmas)
+        .map(|k| {
+            let values: Vec<f64> = blocks
+                .iter()
+                .flat_map(|b| {
+                    let t = b.len() / sigmas;
+                    b[k * t..(k + 1) * t].iter().copied()
+                })
+                .collect();
+            mean_stderr(&values)
+        })
+        .collect()
+}
+
 /// Two-pass mean and standard error s/√M (s with M−1), in f64, in the values' order.
 pub fn mean_stderr(values: &[f64]) -> MeanStderr {
     let m = values.len();

@@ -12,7 +12,7 @@ use crate::draws::{fill_normal, rng_for, Stream};
 use crate::error::EstimateError;
 use crate::kernel::{posterior_moments, QueryTile, SourceTerm};
 use crate::source::{DenseRows, RowSource};
-use crate::stats::{mean_stderr, MeanStderr};
+use crate::stats::{block_mean_stderr, MeanStderr};
 
 /// Queries per parallel tile inside one batch.
 const QUERY_TILE: usize = 128;
@@ -146,12 +146,5 @@ pub fn estimate_subset_ranks(
     }
     let all = gather_in_rank_order(comm, &local, batches, |b| sigmas.len() * in_batch(b))
         .map_err(|e| EstimateError::Ranks(e.to_string()))?;
-    let mut values: Vec<Vec<f64>> = vec![Vec::with_capacity(queries); sigmas.len()];
-    for (b, terms) in all.iter().enumerate() {
-        let m = in_batch(b);
-        for (k, out) in values.iter_mut().enumerate() {
-            out.extend_from_slice(&terms[k * m..(k + 1) * m]);
-        }
-    }
-    Ok(values.iter().map(|v| mean_stderr(v)).collect())
+    Ok(block_mean_stderr(&all, sigmas.len()))
 }
