@@ -8,6 +8,10 @@
 //! Images are processed in parallel (one GEMM per image on each core); a 1×1 stride-1 conv
 //! without padding skips im2col, since the image already is its column matrix.
 //!
+//! On CPUs with AVX-512F the f32 forward pass of stride-1 1×1 and 3×3 convolutions with
+//! "same" padding and a multiple of 16 output channels (every such layer of DDPM++, NCSN++
+//! and ADM but the last) runs as a direct convolution instead (`conv/direct.rs`).
+//!
 //! With the `cudnn` feature the same op runs its three passes through cuDNN on CUDA tensors
 //! (`conv_cudnn.rs`); elsewhere `conv2d` falls back to candle's convolution.
 
@@ -16,6 +20,8 @@ use rayon::prelude::*;
 
 use crate::elem::{gemm, Elem};
 use crate::storage::{contiguous, FromStorage};
+
+mod direct;
 
 /// Shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -162,6 +168,28 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], x: &mut [T]) {
     }
 }
 
+/// The forward pass by element type: f32 takes the direct kernel where it applies
+/// ([`direct`]), everything else the im2col + GEMM [`forward`].
+trait ConvForward: FromStorage {
+    fn conv_forward(g: &Geom, x: &[Self], w: &[Self], bias: Option<&[Self]>) -> Vec<Self>;
+}
+
+impl ConvForward for f32 {
+    fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        if direct::applies(g) {
+            direct::forward(g, x, w, bias)
+        } else {
+            forward(g, x, w, bias)
+        }
+    }
+}
+
+impl ConvForward for f64 {
+    fn conv_forward(g: &Geom, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
+        forward(g, x, w, bias)
+    }
+}
+
 /// y_n = W · im2col(x_n) (+ b broadcast over the pixels), one image per task.
 ///
 /// With a bias, each output row starts as its bias value and the GEMM accumulates onto it,
@@ -267,7 +295,7 @@ struct ConvOp {
 }
 
 impl ConvOp {
-    fn run<T: FromStorage>(
+    fn run<T: ConvForward>(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
@@ -280,7 +308,7 @@ impl ConvOp {
             Pass::Forward => {
                 let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
                 Ok((
-                    T::wrap(forward(&g, a, b, None)),
+                    T::wrap(T::conv_forward(&g, a, b, None)),
                     Shape::from((g.n, g.c_out, g.ho, g.wo)),
                 ))
             }
@@ -394,7 +422,7 @@ impl candle_core::CustomOp3 for ConvBiasOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: FromStorage>(
+        fn run<T: ConvForward>(
             op: &ConvBiasOp,
             (s1, l1): (&CpuStorage, &Layout),
             (s2, l2): (&CpuStorage, &Layout),
@@ -414,7 +442,7 @@ impl candle_core::CustomOp3 for ConvBiasOp {
                 );
             }
             Ok((
-                T::wrap(forward(&g, x, w, Some(b))),
+                T::wrap(T::conv_forward(&g, x, w, Some(b))),
                 Shape::from((g.n, g.c_out, g.ho, g.wo)),
             ))
         }

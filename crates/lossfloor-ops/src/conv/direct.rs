@@ -1,0 +1,442 @@
+//! Direct convolution for the CPU forward pass (f32, AVX-512): output channels on the vector
+//! lanes, input pixels broadcast, no im2col and no GEMM packing.
+//!
+//!   y[o, oy, ox] = b[o] + Σ_c Σ_{ki,kj} W[o, c, ki, kj] · x̃[c, oy + ki, ox + kj]
+//!
+//! where x̃ is the input zero-padded by `pad` on each side (stride 1 only). One register tile
+//! holds 16·V output channels × R neighbouring output pixels of one row (V·R accumulators);
+//! for every (c, ki, kj) it loads V weight vectors and broadcasts R input pixels, so each
+//! loaded value feeds V or R fused multiply-adds and the accumulators stay in registers for
+//! the whole sum. This is the scheme oneDNN's direct convolution uses (channels-blocked
+//! weights), and it is what closes the gap to PyTorch at small images: at 7×7 and 14×14 the
+//! im2col + GEMM path spent as long unfolding and packing as multiplying (issue 19).
+//!
+//! Per output element the sum runs over (c, ki, kj) in that order, one FMA each, so the
+//! result differs from the GEMM path's blocked sums by float32 round-off only.
+
+use super::Geom;
+
+/// Widest register tile: pixels per tile for V = 2 (24 accumulators + 2 weight vectors of
+/// the 32 zmm registers; R = 14 spills and was 1.7× slower) and for V = 1.
+const MAX_PIXELS_V2: usize = 12;
+const MAX_PIXELS_V1: usize = 14;
+
+/// Whether the direct kernel takes this convolution: f32 data (checked by the caller), a CPU
+/// with AVX-512F, stride 1, a square 1×1 or 3×3 kernel with "same" padding, and a multiple of
+/// 16 output channels. `LOSSFLOOR_CONV_DIRECT=0` turns it off (the GEMM path then runs).
+pub(super) fn applies(g: &Geom) -> bool {
+    g.stride == 1
+        && g.kh == g.kw
+        && (g.kh == 1 || g.kh == 3)
+        && g.pad == (g.kh - 1) / 2
+        && g.c_out.is_multiple_of(16)
+        && g.n > 0
+        && enabled()
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("LOSSFLOOR_CONV_DIRECT").map_or(true, |v| v != "0") && cpu_has_avx512()
+    })
+}
+
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The image plane the kernel reads: the input zero-padded by `pad` (a 1×1 kernel reads the
+/// plane as one row of H·W pixels).
+#[derive(Clone, Copy)]
+struct Plane {
+    /// Row length of the padded plane, and elements per channel.
+    row: usize,
+    channel: usize,
+    /// Output rows and output pixels per row.
+    out_rows: usize,
+    out_cols: usize,
+}
+
+impl Plane {
+    fn of(g: &Geom) -> Self {
+        if g.kh == 1 {
+            let p = g.h * g.w;
+            Self {
+                row: p,
+                channel: p,
+                out_rows: 1,
+                out_cols: p,
+            }
+        } else {
+            let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+            Self {
+                row: wp,
+                channel: hp * wp,
+                out_rows: g.ho,
+                out_cols: g.wo,
+            }
+        }
+    }
+}
+
+/// y = conv2d(x, w) (+ b), NCHW in and out, for a geometry that [`applies`].
+pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    use rayon::prelude::*;
+    debug_assert!(applies(g));
+    let lanes = if g.c_out.is_multiple_of(32) { 32 } else { 16 };
+    let blocks = g.c_out / lanes;
+    let packed = pack_weights(g, w, lanes);
+    let zero_bias = vec![0f32; g.c_out];
+    let bias = bias.unwrap_or(&zero_bias);
+    let plane = Plane::of(g);
+    let p = g.p();
+    // One task per image, or per (image, channel block) when there are too few images to
+    // keep every thread busy.
+    let per_image = g.n >= 2 * rayon::current_num_threads() || blocks == 1;
+    let blocks_per_task = if per_image { blocks } else { 1 };
+    let mut y = vec![0f32; g.n * g.c_out * p];
+    y.par_chunks_mut(blocks_per_task * lanes * p)
+        .enumerate()
+        .for_each_init(Vec::new, |padded, (task, y_task)| {
+            let (image, first_block) = if per_image {
+                (task, 0)
+            } else {
+                (task / blocks, task % blocks)
+            };
+            let x_n = &x[image * g.in_len()..(image + 1) * g.in_len()];
+            let src = pad_image(g, &plane, x_n, padded);
+            for (j, y_block) in y_task.chunks_exact_mut(lanes * p).enumerate() {
+                let block = first_block + j;
+                let w_block = &packed[block * lanes * g.k()..(block + 1) * lanes * g.k()];
+                let b_block = &bias[block * lanes..(block + 1) * lanes];
+                run_block(g, &plane, src, w_block, b_block, lanes, y_block);
+            }
+        });
+    y
+}
+
+/// W [C_out, C_in, k, k] rearranged as [C_out / lanes][C_in][k][k][lanes], so that a tile's
+/// weight vectors for one (c, ki, kj) are adjacent and the next ones follow.
+fn pack_weights(g: &Geom, w: &[f32], lanes: usize) -> Vec<f32> {
+    let (k, kk) = (g.k(), g.kh * g.kw);
+    let mut packed = vec![0f32; g.c_out * k];
+    for o in 0..g.c_out {
+        let (block, lane) = (o / lanes, o % lanes);
+        for (ck, &v) in w[o * k..(o + 1) * k].iter().enumerate() {
+            let (c, t) = (ck / kk, ck % kk);
+            packed[((block * g.c_in + c) * kk + t) * lanes + lane] = v;
+        }
+    }
+    packed
+}
+
+/// The image the kernel reads: x itself when there is no padding, else a zero-padded copy.
+fn pad_image<'a>(g: &Geom, plane: &Plane, x_n: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if g.pad == 0 {
+        return x_n;
+    }
+    buf.clear();
+    buf.resize(g.c_in * plane.channel, 0.0);
+    for c in 0..g.c_in {
+        for iy in 0..g.h {
+            let dst = c * plane.channel + (iy + g.pad) * plane.row + g.pad;
+            let src = (c * g.h + iy) * g.w;
+            buf[dst..dst + g.w].copy_from_slice(&x_n[src..src + g.w]);
+        }
+    }
+    buf
+}
+
+/// One block of `lanes` output channels of one image: every output row cut into tiles of at
+/// most the widest tile's pixels, in near-equal parts.
+fn run_block(
+    g: &Geom,
+    plane: &Plane,
+    src: &[f32],
+    w_block: &[f32],
+    b_block: &[f32],
+    lanes: usize,
+    y_block: &mut [f32],
+) {
+    let max_pixels = if lanes == 32 {
+        MAX_PIXELS_V2
+    } else {
+        MAX_PIXELS_V1
+    };
+    let p = g.p();
+    assert!(src.len() >= g.c_in * plane.channel && y_block.len() >= lanes * p);
+    assert!(w_block.len() >= g.c_in * g.kh * g.kw * lanes && b_block.len() >= lanes);
+    let parts = plane.out_cols.div_ceil(max_pixels);
+    for oy in 0..plane.out_rows {
+        let mut ox = 0;
+        for part in 0..parts {
+            let pixels = (plane.out_cols - ox).div_ceil(parts - part);
+            let at = TileAt {
+                src_offset: oy * plane.row + ox,
+                out_offset: oy * plane.out_cols + ox,
+            };
+            // SAFETY: the tile reads src[c·channel + (oy + ki)·row + ox + kj + r] for c < C_in,
+            // ki, kj < k, r < pixels, all below C_in·channel because oy + ki < padded rows
+            // and ox + r + kj < padded row length (ox + r < out_cols = row − k + 1); it reads
+            // C_in·k²·lanes packed weights and `lanes` biases, and writes y_block[o·p +
+            // out_offset + r] for o < lanes, inside lanes·p (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx512::tile(
+                    lanes,
+                    g.kh,
+                    pixels,
+                    src.as_ptr(),
+                    plane,
+                    g.c_in,
+                    w_block.as_ptr(),
+                    b_block.as_ptr(),
+                    y_block.as_mut_ptr(),
+                    p,
+                    at,
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (at, pixels, y_block.as_mut_ptr());
+            ox += pixels;
+        }
+    }
+}
+
+/// Where a tile starts: in the padded input plane and in an output channel plane.
+#[derive(Clone, Copy)]
+struct TileAt {
+    src_offset: usize,
+    out_offset: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Plane, TileAt};
+    use std::arch::x86_64::*;
+
+    /// Dispatches to the tile kernel compiled for this (lanes, k, pixels).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, and the pointers address what [`kernel`] reads and writes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        lanes: usize,
+        k: usize,
+        pixels: usize,
+        src: *const f32,
+        plane: &Plane,
+        c_in: usize,
+        w: *const f32,
+        b: *const f32,
+        out: *mut f32,
+        out_channel: usize,
+        at: TileAt,
+    ) {
+        macro_rules! by_pixels {
+            ($v:literal, $k:literal, $($r:literal)*) => {
+                match pixels {
+                    $($r => kernel::<$v, $r, $k>(src, plane.channel, plane.row, c_in, w, b, out, out_channel, at),)*
+                    _ => unreachable!("tile of {pixels} pixels"),
+                }
+            };
+        }
+        match (lanes, k) {
+            (32, 3) => by_pixels!(2, 3, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (32, 1) => by_pixels!(2, 1, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (16, 3) => by_pixels!(1, 3, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+            (16, 1) => by_pixels!(1, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+            _ => unreachable!("direct conv: {lanes} lanes, kernel {k}"),
+        }
+    }
+
+    /// y[o, at.out + r] = b[o] + Σ_{c,ki,kj} w[c,ki,kj,o] · src[c·channel + at.src + ki·row
+    /// + kj + r] for 16·V channels o and R pixels r, the sum over (c, ki, kj) in that order.
+    ///
+    /// # Safety
+    /// AVX-512F; `src` holds C_in·channel values, `w` C_in·K²·16V, `b` 16V, and `out` has
+    /// 16V channel planes of `out_channel` values with at.out + R inside each.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn kernel<const V: usize, const R: usize, const K: usize>(
+        src: *const f32,
+        channel: usize,
+        row: usize,
+        c_in: usize,
+        w: *const f32,
+        b: *const f32,
+        out: *mut f32,
+        out_channel: usize,
+        at: TileAt,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for r in 0..R {
+            for v in 0..V {
+                acc[r][v] = _mm512_loadu_ps(b.add(16 * v));
+            }
+        }
+        let mut w = w;
+        let src = src.add(at.src_offset);
+        for c in 0..c_in {
+            let plane = src.add(c * channel);
+            for ki in 0..K {
+                let line = plane.add(ki * row);
+                for kj in 0..K {
+                    let mut wv = [_mm512_setzero_ps(); V];
+                    for v in 0..V {
+                        wv[v] = _mm512_loadu_ps(w.add(16 * v));
+                    }
+                    w = w.add(16 * V);
+                    for r in 0..R {
+                        let xv = _mm512_set1_ps(*line.add(kj + r));
+                        for v in 0..V {
+                            acc[r][v] = _mm512_fmadd_ps(wv[v], xv, acc[r][v]);
+                        }
+                    }
+                }
+            }
+        }
+        // The accumulators hold channels along lanes; the output wants pixels adjacent.
+        let mut tile = [[0f32; 32]; R];
+        for r in 0..R {
+            for v in 0..V {
+                _mm512_storeu_ps(tile[r].as_mut_ptr().add(16 * v), acc[r][v]);
+            }
+        }
+        for o in 0..16 * V {
+            let dst = out.add(o * out_channel + at.out_offset);
+            for r in 0..R {
+                *dst.add(r) = tile[r][o];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// y by the definition, in f64, and Σ |terms| per output (for the round-off bound).
+    fn brute_force(g: &Geom, x: &[f32], w: &[f32], b: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (mut y, mut mag) = (
+            vec![0f64; g.n * g.c_out * g.p()],
+            vec![0f64; g.n * g.c_out * g.p()],
+        );
+        for n in 0..g.n {
+            for o in 0..g.c_out {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let (mut s, mut m) = (b[o] as f64, (b[o] as f64).abs());
+                        for c in 0..g.c_in {
+                            for ki in 0..g.kh {
+                                for kj in 0..g.kw {
+                                    let iy = (oy + ki) as isize - g.pad as isize;
+                                    let ix = (ox + kj) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let t = w[((o * g.c_in + c) * g.kh + ki) * g.kw + kj] as f64
+                                        * x[((n * g.c_in + c) * g.h + iy as usize) * g.w
+                                            + ix as usize]
+                                            as f64;
+                                    s += t;
+                                    m += t.abs();
+                                }
+                            }
+                        }
+                        let i = ((n * g.c_out + o) * g.ho + oy) * g.wo + ox;
+                        y[i] = s;
+                        mag[i] = m;
+                    }
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    #[test]
+    fn direct_convolution_equals_the_definition() {
+        if !cpu_has_avx512() {
+            eprintln!("no AVX-512F on this CPU: the direct kernel never runs here");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+        // (n, c_in, h, w, c_out, k): both lane widths, both kernels, rows cut into uneven
+        // tiles (13, 28 = 3 tiles, 30), 1×1 planes longer than a tile, one image (tasks per
+        // channel block) and several.
+        let cases = [
+            (3, 5, 7, 7, 64, 3),
+            (1, 64, 14, 14, 64, 3),
+            (2, 3, 13, 28, 32, 3),
+            (2, 7, 5, 30, 48, 3),
+            (1, 16, 9, 9, 16, 1),
+            (5, 33, 7, 7, 96, 1),
+            (2, 4, 1, 1, 32, 3),
+        ];
+        for &(n, c_in, h, w, c_out, k) in &cases {
+            let g = Geom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], 1, (k - 1) / 2).unwrap();
+            assert!(applies(&g));
+            let x: Vec<f32> = (0..n * c_in * h * w)
+                .map(|_| rng.random_range(-2.0..2.0))
+                .collect();
+            let wt: Vec<f32> = (0..c_out * g.k())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let b: Vec<f32> = (0..c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (want, mag) = brute_force(&g, &x, &wt, &b);
+            for bias in [Some(&b[..]), None] {
+                let got = forward(&g, &x, &wt, bias);
+                assert_eq!(got.len(), want.len());
+                for (i, (&y, &r)) in got.iter().zip(&want).enumerate() {
+                    let o = (i / g.p()) % c_out;
+                    let r = if bias.is_some() { r } else { r - b[o] as f64 };
+                    // A sum of K + 1 f32 terms by sequential FMAs is within (K + 1)·u·Σ|terms|
+                    // of the exact sum (u = 2⁻²⁴), plus the final rounding.
+                    let bound = (g.k() + 2) as f64 * f32::EPSILON as f64 / 2.0 * mag[i] + 1e-30;
+                    assert!(
+                        (y as f64 - r).abs() <= bound,
+                        "case {:?}: output {i}: {y} vs {r} (bound {bound})",
+                        (n, c_in, h, w, c_out, k)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn direct_convolution_takes_only_what_it_can() {
+        let geom = |x: [usize; 4], w: [usize; 4], s, p| Geom::new(&x, &w, s, p).unwrap();
+        let on = cpu_has_avx512();
+        assert_eq!(applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 1, 1)), on);
+        assert_eq!(applies(&geom([2, 3, 8, 8], [16, 3, 1, 1], 1, 0)), on);
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [3, 3, 3, 3], 1, 1)),
+            "3 output channels"
+        );
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 2, 1)),
+            "stride 2"
+        );
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 1, 0)),
+            "no padding"
+        );
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [32, 3, 2, 2], 1, 0)),
+            "2×2 kernel"
+        );
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [32, 3, 5, 5], 1, 2)),
+            "5×5 kernel"
+        );
+    }
+}
