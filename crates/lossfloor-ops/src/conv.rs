@@ -168,13 +168,14 @@ fn col2im<T: Elem>(g: &Geom, col: &[T], x: &mut [T]) {
     }
 }
 
-/// The forward pass by element type: f32 takes the direct kernel where it applies
-/// ([`direct`]), everything else the im2col + GEMM [`forward`].
-trait ConvForward: FromStorage {
+/// The forward and input-gradient passes by element type: f32 takes the direct kernel where
+/// it applies ([`direct`]), everything else the im2col + GEMM [`forward`] and [`grad_input`].
+trait ConvKernels: FromStorage {
     fn conv_forward(g: &Geom, x: &[Self], w: &[Self], bias: Option<&[Self]>) -> Vec<Self>;
+    fn conv_grad_input(g: &Geom, dy: &[Self], w: &[Self]) -> Vec<Self>;
 }
 
-impl ConvForward for f32 {
+impl ConvKernels for f32 {
     fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         if direct::applies(g) {
             direct::forward(g, x, w, bias)
@@ -182,12 +183,59 @@ impl ConvForward for f32 {
             forward(g, x, w, bias)
         }
     }
+    fn conv_grad_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        match transposed_geom(g) {
+            Some(gt) if direct::applies(&gt) => {
+                direct::forward(&gt, dy, &transposed_weights(g, w), None)
+            }
+            _ => grad_input(g, dy, w),
+        }
+    }
 }
 
-impl ConvForward for f64 {
+impl ConvKernels for f64 {
     fn conv_forward(g: &Geom, x: &[f64], w: &[f64], bias: Option<&[f64]>) -> Vec<f64> {
         forward(g, x, w, bias)
     }
+    fn conv_grad_input(g: &Geom, dy: &[f64], w: &[f64]) -> Vec<f64> {
+        grad_input(g, dy, w)
+    }
+}
+
+/// For stride 1, the input gradient is itself a convolution:
+///   dx[c, iy, ix] = Σ_{o,ki,kj} W[o, c, ki, kj] · dy[o, iy + pad − ki, ix + pad − kj]
+///                 = conv2d(dy, W′, padding k − 1 − pad)[c, iy, ix],
+/// with W′[c, o, ki, kj] = W[o, c, k_h − 1 − ki, k_w − 1 − kj] ([`transposed_weights`]).
+/// This is that convolution's geometry (None for other strides).
+fn transposed_geom(g: &Geom) -> Option<Geom> {
+    if g.stride != 1 || g.pad + 1 > g.kh || g.pad + 1 > g.kw || g.kh != g.kw {
+        return None;
+    }
+    Geom::new(
+        &[g.n, g.c_out, g.ho, g.wo],
+        &[g.c_in, g.c_out, g.kh, g.kw],
+        1,
+        g.kh - 1 - g.pad,
+    )
+    .ok()
+}
+
+/// W′[c, o, ki, kj] = W[o, c, k_h − 1 − ki, k_w − 1 − kj]: the weights of the input
+/// gradient's convolution ([`transposed_geom`]).
+fn transposed_weights(g: &Geom, w: &[f32]) -> Vec<f32> {
+    let (kh, kw) = (g.kh, g.kw);
+    let mut wt = vec![0f32; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    wt[((c * g.c_out + o) * kh + ki) * kw + kj] =
+                        w[((o * g.c_in + c) * kh + (kh - 1 - ki)) * kw + (kw - 1 - kj)];
+                }
+            }
+        }
+    }
+    wt
 }
 
 /// y_n = W · im2col(x_n) (+ b broadcast over the pixels), one image per task.
@@ -295,7 +343,7 @@ struct ConvOp {
 }
 
 impl ConvOp {
-    fn run<T: ConvForward>(
+    fn run<T: ConvKernels>(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
@@ -314,7 +362,10 @@ impl ConvOp {
             }
             Pass::GradInput(x_shape) => {
                 let g = Geom::new(&x_shape, l2.dims(), self.stride, self.pad)?;
-                Ok((T::wrap(grad_input(&g, a, b)), Shape::from(x_shape.to_vec())))
+                Ok((
+                    T::wrap(T::conv_grad_input(&g, a, b)),
+                    Shape::from(x_shape.to_vec()),
+                ))
             }
             Pass::GradWeight(w_shape) => {
                 let g = Geom::new(l2.dims(), &w_shape, self.stride, self.pad)?;
@@ -422,7 +473,7 @@ impl candle_core::CustomOp3 for ConvBiasOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn run<T: ConvForward>(
+        fn run<T: ConvKernels>(
             op: &ConvBiasOp,
             (s1, l1): (&CpuStorage, &Layout),
             (s2, l2): (&CpuStorage, &Layout),
@@ -538,6 +589,53 @@ fn add_channel_bias(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The f32 input gradient (the direct kernel on W′ where it applies) against the f64
+    /// GEMM path, within the round-off of a sum of C_out·k² + 1 terms.
+    #[test]
+    fn input_gradient_as_a_convolution_matches_the_gemm_path() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // (n, c_in, h, w, c_out, k, pad): c_in a multiple of 32 or 16 (the direct kernel on
+        // this CPU), 3 (GEMM), 1×1 and 3×3.
+        for &(n, c_in, h, w, c_out, k, pad) in &[
+            (2, 32, 7, 9, 5, 3, 1),
+            (1, 16, 14, 14, 64, 3, 1),
+            (3, 48, 5, 5, 8, 1, 0),
+            (2, 3, 6, 6, 32, 3, 1),
+        ] {
+            let g = Geom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], 1, pad).unwrap();
+            let gt = transposed_geom(&g).unwrap();
+            assert_eq!(
+                direct::applies(&gt),
+                direct::applies(&Geom::new(&[1, 1, 8, 8], &[16, 1, 3, 3], 1, 1).unwrap())
+                    && c_in % 16 == 0
+            );
+            let dy: Vec<f32> = (0..n * c_out * g.p())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let wt: Vec<f32> = (0..c_out * g.k())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            let got = f32::conv_grad_input(&g, &dy, &wt);
+            let f64s = |v: &[f32], abs: bool| -> Vec<f64> {
+                v.iter()
+                    .map(|&x| if abs { (x as f64).abs() } else { x as f64 })
+                    .collect()
+            };
+            let want = grad_input(&g, &f64s(&dy, false), &f64s(&wt, false));
+            let mag = grad_input(&g, &f64s(&dy, true), &f64s(&wt, true));
+            assert_eq!(got.len(), want.len());
+            for (i, ((&y, &r), &m)) in got.iter().zip(&want).zip(&mag).enumerate() {
+                let bound = (c_out * k * k + 2) as f64 * f32::EPSILON as f64 / 2.0 * m + 1e-12 * m;
+                assert!(
+                    (y as f64 - r).abs() <= bound,
+                    "{:?}: dx[{i}] = {y}, want {r} (bound {bound})",
+                    (n, c_in, h, w, c_out, k, pad)
+                );
+            }
+        }
+    }
 
     #[test]
     fn valid_columns_match_brute_force() {
