@@ -8,9 +8,10 @@
 //! Images are processed in parallel (one GEMM per image on each core); a 1×1 stride-1 conv
 //! without padding skips im2col, since the image already is its column matrix.
 //!
-//! On CPUs with AVX-512F the f32 forward pass of stride-1 1×1 and 3×3 convolutions with
-//! "same" padding and a multiple of 16 output channels (every such layer of DDPM++, NCSN++
-//! and ADM but the last) runs as a direct convolution instead (`conv/direct.rs`).
+//! On CPUs with AVX-512F (or AVX2 and FMA), the f32 forward pass and input gradient of
+//! stride-1 3×3 convolutions with padding 1 and a multiple of 16 output (forward) or input
+//! (gradient) channels run as a direct convolution instead (`conv/direct.rs`): every 3×3
+//! layer of DDPM++, NCSN++ and ADM but the first and the last.
 //!
 //! With the `cudnn` feature the same op runs its three passes through cuDNN on CUDA tensors
 //! (`conv_cudnn.rs`); elsewhere `conv2d` falls back to candle's convolution.
@@ -596,8 +597,8 @@ mod tests {
     #[test]
     fn input_gradient_as_a_convolution_matches_the_gemm_path() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        // (n, c_in, h, w, c_out, k, pad): c_in a multiple of 32 or 16 (the direct kernel on
-        // this CPU), 3 (GEMM), 1×1 and 3×3.
+        // (n, c_in, h, w, c_out, k, pad): 3×3 with c_in a multiple of 32 or 16 (the direct
+        // kernel on this CPU), with c_in = 3, and 1×1 (both GEMM).
         for &(n, c_in, h, w, c_out, k, pad) in &[
             (2, 32, 7, 9, 5, 3, 1),
             (1, 16, 14, 14, 64, 3, 1),
@@ -610,6 +611,7 @@ mod tests {
                 direct::applies(&gt),
                 direct::applies(&Geom::new(&[1, 1, 8, 8], &[16, 1, 3, 3], 1, 1).unwrap())
                     && c_in % 16 == 0
+                    && k == 3
             );
             let dy: Vec<f32> = (0..n * c_out * g.p())
                 .map(|_| rng.random_range(-1.0..1.0))

@@ -4,7 +4,7 @@
 //! candle's CPU convolution backward goes through a direct-loop `conv_transpose2d`, and its
 //! GroupNorm is ~20 unfused single-threaded element-wise ops. The ops here compute the same
 //! functions with GEMM-based kernels (im2col / col2im on the `gemm` crate, and a direct
-//! AVX-512 convolution for the forward pass where the CPU has it) and fused,
+//! 3×3 convolution on AVX-512 or AVX2 CPUs) and fused,
 //! parallel loops; `optim` updates the optimizer state in place. With the `cuda` feature,
 //! GroupNorm(+SiLU), dropout and the optimizer updates also have CUDA kernels (NVRTC), and
 //! with `cudnn` every convolution pass goes through cuDNN. On any other device, or dtype, the

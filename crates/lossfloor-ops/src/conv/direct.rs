@@ -1,59 +1,102 @@
-//! Direct convolution for the CPU forward pass (f32, AVX-512): output channels on the vector
-//! lanes, input pixels broadcast, no im2col and no GEMM packing.
+//! Direct convolution for the CPU forward pass (f32, AVX-512 or AVX2+FMA): output channels on
+//! the vector lanes, input pixels broadcast, no im2col and no GEMM packing.
 //!
 //!   y[o, oy, ox] = b[o] + Σ_c Σ_{ki,kj} W[o, c, ki, kj] · x̃[c, oy + ki, ox + kj]
 //!
 //! where x̃ is the input zero-padded by `pad` on each side (stride 1 only). One register tile
-//! holds 16·V output channels × R neighbouring output pixels of one row (V·R accumulators);
-//! for every (c, ki, kj) it loads V weight vectors and broadcasts R input pixels, so each
-//! loaded value feeds V or R fused multiply-adds and the accumulators stay in registers for
-//! the whole sum. This is the scheme oneDNN's direct convolution uses (channels-blocked
-//! weights), and it is what closes the gap to PyTorch at small images: at 7×7 and 14×14 the
-//! im2col + GEMM path spent as long unfolding and packing as multiplying (issue 19).
+//! holds V vectors of output channels × R neighbouring output pixels of one row (V·R
+//! accumulators); for every (c, ki, kj) it loads V weight vectors and broadcasts R input
+//! pixels, so each loaded value feeds V or R fused multiply-adds and the accumulators stay in
+//! registers for the whole sum. This is the scheme oneDNN's direct convolution uses
+//! (channel-blocked weights), and it is what closes the gap to PyTorch at small images: at
+//! 7×7 and 14×14 the im2col + GEMM path spent as long unfolding and packing as multiplying
+//! (issue 19).
 //!
 //! Per output element the sum runs over (c, ki, kj) in that order, one FMA each, so the
 //! result differs from the GEMM path's blocked sums by float32 round-off only.
 
 use super::Geom;
 
-/// Widest register tile: pixels per tile for V = 2 (24 accumulators + 2 weight vectors of
-/// the 32 zmm registers; R = 14 spills and was 1.7× slower) and for V = 1.
-const MAX_PIXELS_V2: usize = 12;
-const MAX_PIXELS_V1: usize = 14;
-
-/// Whether the direct kernel takes this convolution: f32 data (checked by the caller), a CPU
-/// with AVX-512F, stride 1, a square 1×1 or 3×3 kernel with "same" padding, and a multiple of
-/// 16 output channels. `LOSSFLOOR_CONV_DIRECT=0` turns it off (the GEMM path then runs).
-pub(super) fn applies(g: &Geom) -> bool {
-    g.stride == 1
-        && g.kh == g.kw
-        && (g.kh == 1 || g.kh == 3)
-        && g.pad == (g.kh - 1) / 2
-        && g.c_out.is_multiple_of(16)
-        && g.n > 0
-        && enabled()
+/// The vector instruction set a tile runs on, and its tile shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// 16-lane zmm registers (32 of them).
+    Avx512,
+    /// 8-lane ymm registers (16 of them) with FMA.
+    Avx2,
 }
 
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("LOSSFLOOR_CONV_DIRECT").map_or(true, |v| v != "0") && cpu_has_avx512()
+impl Isa {
+    /// Output channels per block: two vectors where C_out allows (AVX-512: 32 when C_out is
+    /// a multiple of 32, else 16; AVX2: always 2 × 8 = 16).
+    fn lanes(self, c_out: usize) -> usize {
+        match self {
+            Isa::Avx512 if c_out.is_multiple_of(32) => 32,
+            Isa::Avx512 | Isa::Avx2 => 16,
+        }
+    }
+
+    /// Widest tile in pixels, so that V·R accumulators and V weight vectors fit the register
+    /// file: AVX-512 V = 2: 12 (24 + 2 of 32; R = 14 spills and was 1.7× slower), V = 1: 14;
+    /// AVX2 V = 2: 6 (12 + 2 of 16).
+    fn max_pixels(self, lanes: usize) -> usize {
+        match (self, lanes) {
+            (Isa::Avx512, 32) => 12,
+            (Isa::Avx512, _) => 14,
+            (Isa::Avx2, _) => 6,
+        }
+    }
+
+    /// Whether this CPU can run it.
+    fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// The instruction set the direct kernel uses here: AVX-512F if the CPU has it, else AVX2 with
+/// FMA, else none (the GEMM path runs). `LOSSFLOOR_CONV_DIRECT=0` turns it off and
+/// `LOSSFLOOR_CONV_DIRECT=avx2` picks AVX2 on an AVX-512 CPU (for comparisons).
+fn chosen_isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let wanted = std::env::var("LOSSFLOOR_CONV_DIRECT").unwrap_or_default();
+        match wanted.as_str() {
+            "0" => None,
+            "avx2" => Some(Isa::Avx2).filter(|isa| isa.supported()),
+            _ => [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .find(|isa| isa.supported()),
+        }
     })
 }
 
-fn cpu_has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether the direct kernel takes this convolution: f32 data (checked by the caller), a CPU
+/// with AVX-512F or AVX2+FMA, stride 1, a 3×3 kernel with padding 1, and a multiple of 16
+/// output channels. (1×1 convolutions stay on the GEMM path: they need no im2col there, and
+/// with only C_in multiply-adds per output the direct kernel's transposing stores made it
+/// slower at 28×28, e.g. 6.7 against 4.4 ms for 64 images of 64 → 64 channels.)
+pub(super) fn applies(g: &Geom) -> bool {
+    shape_fits(g) && chosen_isa().is_some()
 }
 
-/// The image plane the kernel reads: the input zero-padded by `pad` (a 1×1 kernel reads the
-/// plane as one row of H·W pixels).
+fn shape_fits(g: &Geom) -> bool {
+    g.stride == 1 && g.kh == 3 && g.kw == 3 && g.pad == 1 && g.c_out.is_multiple_of(16) && g.n > 0
+}
+
+/// The image plane the kernel reads: the input zero-padded by `pad`.
 #[derive(Clone, Copy)]
 struct Plane {
     /// Row length of the padded plane, and elements per channel.
@@ -66,31 +109,27 @@ struct Plane {
 
 impl Plane {
     fn of(g: &Geom) -> Self {
-        if g.kh == 1 {
-            let p = g.h * g.w;
-            Self {
-                row: p,
-                channel: p,
-                out_rows: 1,
-                out_cols: p,
-            }
-        } else {
-            let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-            Self {
-                row: wp,
-                channel: hp * wp,
-                out_rows: g.ho,
-                out_cols: g.wo,
-            }
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        Self {
+            row: wp,
+            channel: hp * wp,
+            out_rows: g.ho,
+            out_cols: g.wo,
         }
     }
 }
 
 /// y = conv2d(x, w) (+ b), NCHW in and out, for a geometry that [`applies`].
 pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let isa = chosen_isa().expect("direct convolution without a vector instruction set");
+    forward_on(isa, g, x, w, bias)
+}
+
+/// [`forward`] on a given instruction set (which the CPU must support).
+fn forward_on(isa: Isa, g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     use rayon::prelude::*;
-    debug_assert!(applies(g));
-    let lanes = if g.c_out.is_multiple_of(32) { 32 } else { 16 };
+    assert!(shape_fits(g) && isa.supported());
+    let lanes = isa.lanes(g.c_out);
     let blocks = g.c_out / lanes;
     let packed = pack_weights(g, w, lanes);
     let zero_bias = vec![0f32; g.c_out];
@@ -101,8 +140,10 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> V
     // keep every thread busy.
     let per_image = g.n >= 2 * rayon::current_num_threads() || blocks == 1;
     let blocks_per_task = if per_image { blocks } else { 1 };
-    let mut y = vec![0f32; g.n * g.c_out * p];
-    y.par_chunks_mut(blocks_per_task * lanes * p)
+    let len = g.n * g.c_out * p;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(blocks_per_task * lanes * p)
         .enumerate()
         .for_each_init(Vec::new, |padded, (task, y_task)| {
             let (image, first_block) = if per_image {
@@ -116,9 +157,13 @@ pub(super) fn forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> V
                 let block = first_block + j;
                 let w_block = &packed[block * lanes * g.k()..(block + 1) * lanes * g.k()];
                 let b_block = &bias[block * lanes..(block + 1) * lanes];
-                run_block(g, &plane, src, w_block, b_block, lanes, y_block);
+                run_block(isa, g, &plane, src, w_block, b_block, lanes, y_block);
             }
         });
+    // SAFETY: the tasks cover every channel block of every image, and `run_block` writes
+    // every pixel of every output row of its block (its tiles partition each row), so all
+    // `len` elements are initialised. Skipping the zero fill saves a pass over the output.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -137,13 +182,13 @@ fn pack_weights(g: &Geom, w: &[f32], lanes: usize) -> Vec<f32> {
     packed
 }
 
-/// The image the kernel reads: x itself when there is no padding, else a zero-padded copy.
-fn pad_image<'a>(g: &Geom, plane: &Plane, x_n: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-    if g.pad == 0 {
-        return x_n;
+/// The image zero-padded into `buf`. The border is zeroed when the buffer is first sized and
+/// never written after that, so later images of the same call copy only their pixels.
+fn pad_image<'a>(g: &Geom, plane: &Plane, x_n: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if buf.len() != g.c_in * plane.channel {
+        buf.clear();
+        buf.resize(g.c_in * plane.channel, 0.0);
     }
-    buf.clear();
-    buf.resize(g.c_in * plane.channel, 0.0);
     for c in 0..g.c_in {
         for iy in 0..g.h {
             let dst = c * plane.channel + (iy + g.pad) * plane.row + g.pad;
@@ -156,20 +201,18 @@ fn pad_image<'a>(g: &Geom, plane: &Plane, x_n: &'a [f32], buf: &'a mut Vec<f32>)
 
 /// One block of `lanes` output channels of one image: every output row cut into tiles of at
 /// most the widest tile's pixels, in near-equal parts.
+#[allow(clippy::too_many_arguments)]
 fn run_block(
+    isa: Isa,
     g: &Geom,
     plane: &Plane,
     src: &[f32],
     w_block: &[f32],
     b_block: &[f32],
     lanes: usize,
-    y_block: &mut [f32],
+    y_block: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let max_pixels = if lanes == 32 {
-        MAX_PIXELS_V2
-    } else {
-        MAX_PIXELS_V1
-    };
+    let max_pixels = isa.max_pixels(lanes);
     let p = g.p();
     assert!(src.len() >= g.c_in * plane.channel && y_block.len() >= lanes * p);
     assert!(w_block.len() >= g.c_in * g.kh * g.kw * lanes && b_block.len() >= lanes);
@@ -189,7 +232,8 @@ fn run_block(
             // out_offset + r] for o < lanes, inside lanes·p (asserted above).
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                avx512::tile(
+                x86::tile(
+                    isa,
                     lanes,
                     g.kh,
                     pixels,
@@ -198,13 +242,13 @@ fn run_block(
                     g.c_in,
                     w_block.as_ptr(),
                     b_block.as_ptr(),
-                    y_block.as_mut_ptr(),
+                    y_block.as_mut_ptr().cast::<f32>(),
                     p,
                     at,
                 );
             }
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (at, pixels, y_block.as_mut_ptr());
+            let _ = (isa, at, pixels, y_block.as_mut_ptr());
             ox += pixels;
         }
     }
@@ -218,16 +262,18 @@ struct TileAt {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Plane, TileAt};
+mod x86 {
+    use super::{Isa, Plane, TileAt};
     use std::arch::x86_64::*;
 
-    /// Dispatches to the tile kernel compiled for this (lanes, k, pixels).
+    /// Dispatches to the tile kernel compiled for this (instruction set, lanes, k, pixels).
     ///
     /// # Safety
-    /// The CPU has AVX-512F, and the pointers address what [`kernel`] reads and writes.
+    /// The CPU supports `isa`, and the pointers address what the kernel reads and writes
+    /// (see [`avx512`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile(
+        isa: Isa,
         lanes: usize,
         k: usize,
         pixels: usize,
@@ -241,82 +287,111 @@ mod avx512 {
         at: TileAt,
     ) {
         macro_rules! by_pixels {
-            ($v:literal, $k:literal, $($r:literal)*) => {
+            ($kernel:ident, $v:literal, $k:literal, $($r:literal)*) => {
                 match pixels {
-                    $($r => kernel::<$v, $r, $k>(src, plane.channel, plane.row, c_in, w, b, out, out_channel, at),)*
+                    $($r => $kernel::<$v, $r, $k>(src, plane.channel, plane.row, c_in, w, b, out, out_channel, at),)*
                     _ => unreachable!("tile of {pixels} pixels"),
                 }
             };
         }
-        match (lanes, k) {
-            (32, 3) => by_pixels!(2, 3, 1 2 3 4 5 6 7 8 9 10 11 12),
-            (32, 1) => by_pixels!(2, 1, 1 2 3 4 5 6 7 8 9 10 11 12),
-            (16, 3) => by_pixels!(1, 3, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-            (16, 1) => by_pixels!(1, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-            _ => unreachable!("direct conv: {lanes} lanes, kernel {k}"),
+        match (isa, lanes, k) {
+            (Isa::Avx512, 32, 3) => by_pixels!(avx512, 2, 3, 1 2 3 4 5 6 7 8 9 10 11 12),
+            (Isa::Avx512, 16, 3) => by_pixels!(avx512, 1, 3, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+            (Isa::Avx2, 16, 3) => by_pixels!(avx2, 2, 3, 1 2 3 4 5 6),
+            _ => unreachable!("direct conv: {isa:?}, {lanes} lanes, kernel {k}"),
         }
     }
 
-    /// y[o, at.out + r] = b[o] + Σ_{c,ki,kj} w[c,ki,kj,o] · src[c·channel + at.src + ki·row
-    /// + kj + r] for 16·V channels o and R pixels r, the sum over (c, ki, kj) in that order.
-    ///
-    /// # Safety
-    /// AVX-512F; `src` holds C_in·channel values, `w` C_in·K²·16V, `b` 16V, and `out` has
-    /// 16V channel planes of `out_channel` values with at.out + R inside each.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-    unsafe fn kernel<const V: usize, const R: usize, const K: usize>(
-        src: *const f32,
-        channel: usize,
-        row: usize,
-        c_in: usize,
-        w: *const f32,
-        b: *const f32,
-        out: *mut f32,
-        out_channel: usize,
-        at: TileAt,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for r in 0..R {
-            for v in 0..V {
-                acc[r][v] = _mm512_loadu_ps(b.add(16 * v));
-            }
-        }
-        let mut w = w;
-        let src = src.add(at.src_offset);
-        for c in 0..c_in {
-            let plane = src.add(c * channel);
-            for ki in 0..K {
-                let line = plane.add(ki * row);
-                for kj in 0..K {
-                    let mut wv = [_mm512_setzero_ps(); V];
+    /// One tile kernel per instruction set, the same code on that set's vectors.
+    macro_rules! tile_kernel {
+        ($name:ident, $feature:literal, $width:literal, $zero:ident, $load:ident, $set1:ident,
+         $fmadd:ident, $store:ident) => {
+            /// y[o, at.out + r] = b[o] + Σ_{c,ki,kj} w[c,ki,kj,o] ·
+            /// src[c·channel + at.src + ki·row + kj + r] for V·width channels o and R pixels
+            /// r, the sum over (c, ki, kj) in that order.
+            ///
+            /// # Safety
+            /// The CPU has the target features; `src` holds C_in·channel values, `w`
+            /// C_in·K²·V·width, `b` V·width, and `out` has V·width channel planes of
+            /// `out_channel` values with at.out + R inside each.
+            #[target_feature(enable = $feature)]
+            #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+            unsafe fn $name<const V: usize, const R: usize, const K: usize>(
+                src: *const f32,
+                channel: usize,
+                row: usize,
+                c_in: usize,
+                w: *const f32,
+                b: *const f32,
+                out: *mut f32,
+                out_channel: usize,
+                at: TileAt,
+            ) {
+                let mut acc = [[$zero(); V]; R];
+                for r in 0..R {
                     for v in 0..V {
-                        wv[v] = _mm512_loadu_ps(w.add(16 * v));
+                        acc[r][v] = $load(b.add($width * v));
                     }
-                    w = w.add(16 * V);
-                    for r in 0..R {
-                        let xv = _mm512_set1_ps(*line.add(kj + r));
-                        for v in 0..V {
-                            acc[r][v] = _mm512_fmadd_ps(wv[v], xv, acc[r][v]);
+                }
+                let mut w = w;
+                let src = src.add(at.src_offset);
+                for c in 0..c_in {
+                    let plane = src.add(c * channel);
+                    for ki in 0..K {
+                        let line = plane.add(ki * row);
+                        for kj in 0..K {
+                            let mut wv = [$zero(); V];
+                            for v in 0..V {
+                                wv[v] = $load(w.add($width * v));
+                            }
+                            w = w.add($width * V);
+                            for r in 0..R {
+                                let xv = $set1(*line.add(kj + r));
+                                for v in 0..V {
+                                    acc[r][v] = $fmadd(wv[v], xv, acc[r][v]);
+                                }
+                            }
                         }
                     }
                 }
+                // The accumulators hold channels along lanes; the output wants pixels
+                // adjacent.
+                let mut tile = [[0f32; 32]; R];
+                for r in 0..R {
+                    for v in 0..V {
+                        $store(tile[r].as_mut_ptr().add($width * v), acc[r][v]);
+                    }
+                }
+                for o in 0..$width * V {
+                    let dst = out.add(o * out_channel + at.out_offset);
+                    for r in 0..R {
+                        *dst.add(r) = tile[r][o];
+                    }
+                }
             }
-        }
-        // The accumulators hold channels along lanes; the output wants pixels adjacent.
-        let mut tile = [[0f32; 32]; R];
-        for r in 0..R {
-            for v in 0..V {
-                _mm512_storeu_ps(tile[r].as_mut_ptr().add(16 * v), acc[r][v]);
-            }
-        }
-        for o in 0..16 * V {
-            let dst = out.add(o * out_channel + at.out_offset);
-            for r in 0..R {
-                *dst.add(r) = tile[r][o];
-            }
-        }
+        };
     }
+
+    tile_kernel!(
+        avx512,
+        "avx512f",
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+    tile_kernel!(
+        avx2,
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 }
 
 #[cfg(test)]
@@ -365,26 +440,30 @@ mod tests {
 
     #[test]
     fn direct_convolution_equals_the_definition() {
-        if !cpu_has_avx512() {
-            eprintln!("no AVX-512F on this CPU: the direct kernel never runs here");
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .collect();
+        if isas.is_empty() {
+            eprintln!("neither AVX-512F nor AVX2+FMA on this CPU: the direct kernel never runs");
             return;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
-        // (n, c_in, h, w, c_out, k): both lane widths, both kernels, rows cut into uneven
-        // tiles (13, 28 = 3 tiles, 30), 1×1 planes longer than a tile, one image (tasks per
-        // channel block) and several.
+        // (n, c_in, h, w, c_out, k): both lane widths, rows cut into uneven tiles (13,
+        // 28 = 3 tiles, 30), one image (tasks per channel block) and several (the padded
+        // buffer reused across images), a 1×1 image (all taps but one in the border).
         let cases = [
             (3, 5, 7, 7, 64, 3),
             (1, 64, 14, 14, 64, 3),
             (2, 3, 13, 28, 32, 3),
             (2, 7, 5, 30, 48, 3),
-            (1, 16, 9, 9, 16, 1),
-            (5, 33, 7, 7, 96, 1),
+            (1, 16, 9, 9, 16, 3),
+            (5, 33, 7, 7, 96, 3),
             (2, 4, 1, 1, 32, 3),
         ];
         for &(n, c_in, h, w, c_out, k) in &cases {
             let g = Geom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], 1, (k - 1) / 2).unwrap();
-            assert!(applies(&g));
+            assert!(shape_fits(&g));
             let x: Vec<f32> = (0..n * c_in * h * w)
                 .map(|_| rng.random_range(-2.0..2.0))
                 .collect();
@@ -393,8 +472,8 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..c_out).map(|_| rng.random_range(-1.0..1.0)).collect();
             let (want, mag) = brute_force(&g, &x, &wt, &b);
-            for bias in [Some(&b[..]), None] {
-                let got = forward(&g, &x, &wt, bias);
+            for (isa, bias) in isas.iter().flat_map(|&i| [(i, Some(&b[..])), (i, None)]) {
+                let got = forward_on(isa, &g, &x, &wt, bias);
                 assert_eq!(got.len(), want.len());
                 for (i, (&y, &r)) in got.iter().zip(&want).enumerate() {
                     let o = (i / g.p()) % c_out;
@@ -404,7 +483,7 @@ mod tests {
                     let bound = (g.k() + 2) as f64 * f32::EPSILON as f64 / 2.0 * mag[i] + 1e-30;
                     assert!(
                         (y as f64 - r).abs() <= bound,
-                        "case {:?}: output {i}: {y} vs {r} (bound {bound})",
+                        "{isa:?}, case {:?}: output {i}: {y} vs {r} (bound {bound})",
                         (n, c_in, h, w, c_out, k)
                     );
                 }
@@ -415,9 +494,13 @@ mod tests {
     #[test]
     fn direct_convolution_takes_only_what_it_can() {
         let geom = |x: [usize; 4], w: [usize; 4], s, p| Geom::new(&x, &w, s, p).unwrap();
-        let on = cpu_has_avx512();
+        let on = chosen_isa().is_some();
         assert_eq!(applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 1, 1)), on);
-        assert_eq!(applies(&geom([2, 3, 8, 8], [16, 3, 1, 1], 1, 0)), on);
+        assert_eq!(applies(&geom([2, 3, 8, 8], [16, 3, 3, 3], 1, 1)), on);
+        assert!(
+            !applies(&geom([2, 3, 8, 8], [16, 3, 1, 1], 1, 0)),
+            "1×1 kernel"
+        );
         assert!(
             !applies(&geom([2, 3, 8, 8], [3, 3, 3, 3], 1, 1)),
             "3 output channels"
