@@ -10,8 +10,9 @@
 //!
 //! On CPUs with AVX-512F (or AVX2 and FMA), the f32 forward pass and input gradient of
 //! stride-1 3×3 convolutions with padding 1 and a multiple of 16 output (forward) or input
-//! (gradient) channels run as a direct convolution instead (`conv/direct.rs`): every 3×3
-//! layer of DDPM++, NCSN++ and ADM but the first and the last.
+//! (gradient) channels run as a direct convolution instead (`conv/direct.rs`). In DDPM++,
+//! NCSN++ and ADM that is every 3×3 layer's forward pass but the last layer's, and every
+//! input gradient but the first layer's.
 //!
 //! With the `cudnn` feature the same op runs its three passes through cuDNN on CUDA tensors
 //! (`conv_cudnn.rs`); elsewhere `conv2d` falls back to candle's convolution.
