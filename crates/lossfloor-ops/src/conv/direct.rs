@@ -98,6 +98,7 @@ fn shape_fits(g: &Geom) -> bool {
 
 /// The image plane the kernel reads: the input zero-padded by `pad`.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Plane {
     /// Row length of the padded plane, and elements per channel.
     row: usize,
@@ -256,6 +257,7 @@ fn run_block(
 
 /// Where a tile starts: in the padded input plane and in an output channel plane.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct TileAt {
     src_offset: usize,
     out_offset: usize,
