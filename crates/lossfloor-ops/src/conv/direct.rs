@@ -68,19 +68,34 @@ impl Isa {
 
 /// The instruction set the direct kernel uses here: AVX-512F if the CPU has it, else AVX2 with
 /// FMA, else none (the GEMM path runs). `LOSSFLOOR_CONV_DIRECT=0` turns it off and
-/// `LOSSFLOOR_CONV_DIRECT=avx2` picks AVX2 on an AVX-512 CPU (for comparisons).
+/// `LOSSFLOOR_CONV_DIRECT=avx2` picks AVX2 on an AVX-512 CPU (for comparisons); unset, `1`
+/// or `auto` is the default, and any other value is reported once and treated as `auto`.
 fn chosen_isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {
-        let wanted = std::env::var("LOSSFLOOR_CONV_DIRECT").unwrap_or_default();
-        match wanted.as_str() {
-            "0" => None,
-            "avx2" => Some(Isa::Avx2).filter(|isa| isa.supported()),
-            _ => [Isa::Avx512, Isa::Avx2]
+        let best = || {
+            [Isa::Avx512, Isa::Avx2]
                 .into_iter()
-                .find(|isa| isa.supported()),
+                .find(|isa| isa.supported())
+        };
+        match std::env::var("LOSSFLOOR_CONV_DIRECT").as_deref() {
+            Ok("0") => None,
+            Ok("avx2") => Some(Isa::Avx2).filter(|isa| isa.supported()),
+            Ok("" | "1" | "auto") | Err(_) => best(),
+            Ok(other) => {
+                eprintln!(
+                    "warning: LOSSFLOOR_CONV_DIRECT={other:?} is not one of 0, 1, auto, avx2; \
+                     using auto"
+                );
+                best()
+            }
         }
     })
+}
+
+/// Whether this CPU runs the direct kernel at all (and `LOSSFLOOR_CONV_DIRECT` allows it).
+pub(super) fn available() -> bool {
+    chosen_isa().is_some()
 }
 
 /// Whether the direct kernel takes this convolution: f32 data (checked by the caller), a CPU
@@ -89,7 +104,7 @@ fn chosen_isa() -> Option<Isa> {
 /// with only C_in multiply-adds per output the direct kernel's transposing stores made it
 /// slower at 28×28, e.g. 6.7 against 4.4 ms for 64 images of 64 → 64 channels.)
 pub(super) fn applies(g: &Geom) -> bool {
-    shape_fits(g) && chosen_isa().is_some()
+    shape_fits(g) && available()
 }
 
 fn shape_fits(g: &Geom) -> bool {
@@ -496,32 +511,18 @@ mod tests {
     #[test]
     fn direct_convolution_takes_only_what_it_can() {
         let geom = |x: [usize; 4], w: [usize; 4], s, p| Geom::new(&x, &w, s, p).unwrap();
-        let on = chosen_isa().is_some();
+        let on = available();
         assert_eq!(applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 1, 1)), on);
         assert_eq!(applies(&geom([2, 3, 8, 8], [16, 3, 3, 3], 1, 1)), on);
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [16, 3, 1, 1], 1, 0)),
-            "1×1 kernel"
-        );
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [3, 3, 3, 3], 1, 1)),
-            "3 output channels"
-        );
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 2, 1)),
-            "stride 2"
-        );
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [32, 3, 3, 3], 1, 0)),
-            "no padding"
-        );
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [32, 3, 2, 2], 1, 0)),
-            "2×2 kernel"
-        );
-        assert!(
-            !applies(&geom([2, 3, 8, 8], [32, 3, 5, 5], 1, 2)),
-            "5×5 kernel"
-        );
+        for (w, stride, pad, why) in [
+            ([16, 3, 1, 1], 1, 0, "1×1 kernel"),
+            ([3, 3, 3, 3], 1, 1, "3 output channels"),
+            ([32, 3, 3, 3], 2, 1, "stride 2"),
+            ([32, 3, 3, 3], 1, 0, "no padding"),
+            ([32, 3, 2, 2], 1, 0, "2×2 kernel"),
+            ([32, 3, 5, 5], 1, 2, "5×5 kernel"),
+        ] {
+            assert!(!applies(&geom([2, 3, 8, 8], w, stride, pad)), "{why}");
+        }
     }
 }
